@@ -137,3 +137,9 @@ def replicated_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.
     """The same host data on every device (every process must pass identical arrays)."""
     sharding = replicated(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def jit_train_step(step_fn: Any, mesh: Mesh, state_shardings: Any) -> Any:
+    """jit of ``step_fn(state, batch, key)`` with the state donated and the batch split over the mesh."""
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
