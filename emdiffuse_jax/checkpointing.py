@@ -27,17 +27,17 @@ class IncompatibleCheckpointError(ValueError):
     """A checkpoint exists but belongs to a different model or task."""
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def model_identity(task: str, unet: Any) -> dict:
     """What must match for a checkpoint to be resumed: the task and every UNet hyper-parameter."""
-    return {"task": task, "unet": _jsonable(dataclasses.asdict(unet))}
+    return {"task": task, "unet": jsonable(dataclasses.asdict(unet))}
 
 
 def identity_mismatch(saved: dict, wanted: dict) -> list[str]:
@@ -84,7 +84,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:
         """Starts an (asynchronous) save; returns whether one was started."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_jsonable(meta)))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(jsonable(meta)))
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 
     def read_meta(self, step: int) -> dict:

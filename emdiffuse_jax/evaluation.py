@@ -68,3 +68,52 @@ def image_metrics(prediction: jax.Array, target: jax.Array) -> dict[str, jax.Arr
     """Batch means of PSNR, SSIM and MAE."""
     return {"psnr": jnp.mean(psnr(prediction, target)), "ssim": jnp.mean(ssim(prediction, target)),
             "mae": jnp.mean(mae(prediction, target))}
+
+
+def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_samples: int) -> Callable:
+    """Returns ``validate(ema_params, batch, key) -> (metrics, mean, std)``, jittable.
+
+    make_denoise: ``params -> denoise(x, gamma, slice_index)`` in eval mode (models.make_denoise_fn
+    partially applied). Each image is sampled ``num_samples`` times with the test-schedule DDPM sampler;
+    the mean is scored against the target and the per-pixel std (ddof=1) returned for display. For vEM
+    every one of the z-1 target slices is generated (one enlarged batch with slice indices).
+    """
+    from emdiffuse_jax.diffusion.ensemble import ensemble_mean_var
+    from emdiffuse_jax.diffusion.samplers import ddpm_sample
+
+    def validate(params, batch, key):
+        cond, target = batch["cond"], batch["target"]
+        b, h, w, _ = cond.shape
+        denoise = make_denoise(params)
+        if vem:
+            slices = target.shape[-1]
+            cond = jnp.tile(cond, (slices, 1, 1, 1))            # block order: all images for slice 0, ...
+            slice_index = jnp.repeat(jnp.arange(slices, dtype=jnp.int32), b)
+        else:
+            slice_index = None
+
+        def sample(k):
+            return ddpm_sample(denoise, cond, k, schedule, slice_index=slice_index)
+
+        mean, var = ensemble_mean_var(sample, key, num_samples, ddof=1 if num_samples > 1 else 0)
+        std = jnp.sqrt(var)
+        if vem:
+            mean = mean.reshape(slices, b, h, w).transpose(1, 2, 3, 0)
+            std = std.reshape(slices, b, h, w).transpose(1, 2, 3, 0)
+        return image_metrics(mean, target), mean, std
+
+    return validate
+
+
+def summary_panel(cond: np.ndarray, mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """One image row [condition channels | mean | std | target] in [0, 1] for TensorBoard.
+
+    cond, mean, std, target: (H, W, C) for one image; vEM shows the first and the middle generated
+    slice; std is scaled so that 0..0.5 (in [-1, 1] units) fills the range.
+    """
+    def cols(x):
+        return [x[..., i] for i in sorted({0, x.shape[-1] // 2})]
+
+    tiles = ([(c + 1) / 2 for c in cols(cond)] + [(m + 1) / 2 for m in cols(mean)]
+             + [np.clip(s / 0.5, 0, 1) for s in cols(std)] + [(t + 1) / 2 for t in cols(target)])
+    return np.clip(np.concatenate(tiles, axis=1), 0.0, 1.0)
