@@ -153,8 +153,11 @@ class MetricsLog:
     file always describes one consistent run.
     """
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, enabled: bool = True):
         self.path = Path(path)
+        self.enabled = enabled
+        if not enabled:
+            return
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
@@ -163,6 +166,8 @@ class MetricsLog:
             self.path.unlink()
 
     def write(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
 

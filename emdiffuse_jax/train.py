@@ -181,7 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         val_batch = parallel.replicated_batch(
             val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
 
-    metrics_log = summary.MetricsLog(workdir / "metrics.jsonl", resume_step=step if latest is not None else None)
+    metrics_log = summary.MetricsLog(workdir / "metrics.jsonl", resume_step=step if latest is not None else None,
+                                     enabled=is_main)
     writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
     t_last, step_last, t_first = time.time(), step, None
     try:
