@@ -73,8 +73,8 @@ def main(argv):
              "target": rng.uniform(-1, 1, (b, s, s, target_ch)).astype(np.float32)}
     batch = parallel.global_batch(batch, parallel.batch_sharding(mesh))
     gammas = schedules.make_schedule(**config.diffusion.train_schedule).gammas
-    step_fn = make_train_step(models.make_apply_fn(unet), tx, gammas, vem=vem, ema_decay=config.ema_decay,
-                              compute_dtype=jnp.dtype(_DTYPE.value))
+    apply_fn = models.make_apply_fn(unet, jnp.dtype(_DTYPE.value))
+    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=config.ema_decay)
     key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
     jitted = parallel.jit_train_step(step_fn, mesh, shardings)
 

@@ -165,24 +165,18 @@ def restore_ema_params(step_dir: str | os.PathLike, unet: Any) -> Any:
     return restored["ema_params"]
 
 
-def reference_unet(task: str) -> Any:
-    """The reference's network for a task (section 1.2): what a released .pth file holds."""
-    from emdiffuse_jax import models
-    from emdiffuse_jax.train_config import base_config
-
-    return models.unet_config(base_config(task).model.to_dict())
-
-
 def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = None,
                step: int | None = None) -> LoadedModel:
     """Loads a model for prediction: our workdir / checkpoint step dir (EMA weights), or a reference .pth.
 
-    task: expected task; a checkpoint of another task is an error. Required for a .pth (the file does not
-    record it). unet: UNetConfig of a .pth (default: the reference network of the task). step: which
-    checkpoint of a workdir (default: the newest).
+    task: the expected task; a checkpoint of another task (or, for a .pth, of the other network family)
+    is an error. A .pth does not record its task: without ``task`` it is reported as "denoise" (2D) or
+    "vem_i" (vEM), which predict identically to "superres" / "vem_a". unet: UNetConfig or dict of a .pth
+    whose network differs from the published one (vem and in_channel are read from the file).
+    step: which checkpoint of a workdir (default: the newest).
     """
     from emdiffuse_jax import models
-    from emdiffuse_jax.train_config import TASKS
+    from emdiffuse_jax.train_config import TASKS, VEM_TASKS
 
     path = Path(path)
     if task is not None and task not in TASKS:
@@ -190,14 +184,24 @@ def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = 
     if path.suffix == ".pth":
         if not path.is_file():
             raise FileNotFoundError(f"reference checkpoint {path} does not exist")
-        if task is None:
-            raise ValueError(f"{path} is a reference PyTorch checkpoint, which does not record its task: "
-                             f"pass task= (one of {TASKS})")
         from emdiffuse_jax.convert import load_torch_checkpoint
 
-        unet = reference_unet(task) if unet is None else models.unet_config(unet)
-        params = load_torch_checkpoint(path, unet)
-        return LoadedModel(unet, params, task, {"source": "torch", "path": str(path), "task": task})
+        if unet is None:
+            values = {}
+        elif isinstance(unet, dict):
+            values = dict(unet)
+        else:
+            values = dataclasses.asdict(models.unet_config(unet))
+        if task is not None:
+            values.setdefault("vem", task in VEM_TASKS)
+        params = load_torch_checkpoint(path, values)   # infers vem / in_channel from the file when not given
+        values.update(vem="channel_embed" in params,
+                      in_channel=int(params["input_blocks_0_0"]["kernel"].shape[2]))
+        cfg = models.unet_config(values)
+        inferred = task is None
+        task = task or ("vem_i" if cfg.vem else "denoise")
+        return LoadedModel(cfg, params, task, {"source": "torch", "path": str(path), "task": task,
+                                               "task_inferred": inferred})
     if not path.exists():
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     step_dir = _step_dir(path, step)

@@ -79,18 +79,13 @@ def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_
     every one of the z-1 target slices is generated (one enlarged batch with slice indices).
     """
     from emdiffuse_jax.diffusion.ensemble import ensemble_mean_var
-    from emdiffuse_jax.diffusion.samplers import ddpm_sample
+    from emdiffuse_jax.diffusion.samplers import collect_slices, ddpm_sample, expand_slices
 
     def validate(params, batch, key):
         cond, target = batch["cond"], batch["target"]
-        b, h, w, _ = cond.shape
         denoise = make_denoise(params)
-        if vem:
-            slices = target.shape[-1]
-            cond = jnp.tile(cond, (slices, 1, 1, 1))            # block order: all images for slice 0, ...
-            slice_index = jnp.repeat(jnp.arange(slices, dtype=jnp.int32), b)
-        else:
-            slice_index = None
+        slices = target.shape[-1]
+        cond, slice_index = expand_slices(cond, slices) if vem else (cond, None)
 
         def sample(k):
             return ddpm_sample(denoise, cond, k, schedule, slice_index=slice_index)
@@ -98,8 +93,7 @@ def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_
         mean, var = ensemble_mean_var(sample, key, num_samples, ddof=1 if num_samples > 1 else 0)
         std = jnp.sqrt(var)
         if vem:
-            mean = mean.reshape(slices, b, h, w).transpose(1, 2, 3, 0)
-            std = std.reshape(slices, b, h, w).transpose(1, 2, 3, 0)
+            mean, std = collect_slices(mean, slices), collect_slices(std, slices)
         return image_metrics(mean, target), mean, std
 
     return validate

@@ -165,8 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     train_source, val_source = build_sources(config)
     train_sched = schedules.make_schedule(**config.diffusion.train_schedule)
-    step_fn = make_train_step(models.make_apply_fn(unet), tx, train_sched.gammas, vem=vem,
-                              ema_decay=config.ema_decay, compute_dtype=jnp.dtype(config.compute_dtype))
+    apply_fn = models.make_apply_fn(unet, jnp.dtype(config.compute_dtype))
+    step_fn = make_train_step(apply_fn, tx, train_sched.gammas, vem=vem, ema_decay=config.ema_decay)
     train_step = parallel.jit_train_step(step_fn, mesh, shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message

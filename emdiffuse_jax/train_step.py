@@ -17,12 +17,8 @@ from emdiffuse_jax.diffusion import objectives
 from emdiffuse_jax.train_state import TrainState, ema_update
 
 
-def cast_floats(tree: Any, dtype: Any) -> Any:
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas: Any, *, vem: bool,
-                    ema_decay: float, compute_dtype: Any = jnp.float32) -> Callable:
+                    ema_decay: float) -> Callable:
     """Returns ``train_step(state, batch, base_key) -> (state, metrics)``.
 
     apply_fn: ``apply(params, x, gamma, slice_index=None, dropout_key=None)`` of the UNet.
@@ -31,14 +27,10 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas
     metrics: loss, grad_norm, finite (1.0 when loss and gradients are finite).
     """
     gammas = jnp.asarray(gammas, jnp.float32)
-    compute_dtype = jnp.dtype(compute_dtype)
 
     def loss_fn(params, batch, loss_key, dropout_key):
-        params = cast_floats(params, compute_dtype)
-
         def denoise(x, gamma, slice_index=None):
-            out = apply_fn(params, x.astype(compute_dtype), gamma, slice_index, dropout_key=dropout_key)
-            return out.astype(jnp.float32)
+            return apply_fn(params, x, gamma, slice_index, dropout_key=dropout_key)
 
         if vem:
             return objectives.vem_noise_prediction_loss(denoise, batch["target"], batch["cond"], loss_key, gammas)
