@@ -8,13 +8,14 @@ functions of (seed, s), and the whole state (including Adam's moments) is restor
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,50 @@ class _PreemptionFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _frozen(d: Any) -> tuple:
+    """A hashable, order-independent copy of a (nested) config dict."""
+    return tuple(sorted((k, _frozen(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v)
+                        for k, v in d.items()))
+
+
+class Programs(NamedTuple):
+    """The jitted functions of one (network, optimizer, mesh) setting, compiled once per process."""
+    tx: Any
+    abstract: Any            # abstract TrainState
+    shardings: Any           # TrainState of NamedShardings
+    init: Any                # key -> TrainState
+    from_params: Any         # params -> TrainState (transfer learning)
+    train_step: Any          # (state, batch, key) -> (state, metrics)
+    validate: Any            # (ema_params, batch, key) -> (metrics, mean, std), or None
+
+
+@functools.lru_cache(maxsize=4)
+def build_programs(unet: Any, optim: tuple, train_schedule: tuple, test_schedule: tuple | None, vem: bool,
+                   ema_decay: float, compute_dtype: str, mesh: Any, fsdp_min_size: int,
+                   num_samples: int) -> Programs:
+    """Builds (and caches, so repeated runs in one process such as tests or notebooks reuse compilations)
+    the optimizer, the state shardings and the jitted init / train-step / validation functions."""
+    tx = make_optimizer(**dict(optim))
+
+    def init_state(key):
+        return create_train_state(models.init_params(unet, key), tx)
+
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    shardings = parallel.state_sharding(mesh, abstract, fsdp_min_size)
+    gammas = schedules.make_schedule(**dict(train_schedule)).gammas
+    apply_fn = models.make_apply_fn(unet, jnp.dtype(compute_dtype))
+    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay)
+    validate = None
+    if test_schedule is not None:
+        validate = jax.jit(evaluation.make_validation_fn(
+            lambda p: models.make_denoise_fn(unet, p), schedules.make_schedule(**dict(test_schedule)), vem=vem,
+            num_samples=num_samples))
+    return Programs(tx=tx, abstract=abstract, shardings=shardings,
+                    init=jax.jit(init_state, out_shardings=shardings),
+                    from_params=jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings),
+                    train_step=parallel.jit_train_step(step_fn, mesh, shardings), validate=validate)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) ``config`` in ``workdir`` up to config.num_steps; returns the final state."""
     check_config(config)
@@ -126,15 +171,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     unet = models.unet_config(config.model.to_dict())
     identity = checkpointing.model_identity(config.task, unet)
     vem = config.task in VEM_TASKS
-    tx = make_optimizer(**config.optim.to_dict())
-
-    def init_state(key):
-        return create_train_state(models.init_params(unet, key), tx)
-
+    test_schedule = None
+    if config.eval.every_steps:
+        test_schedule = _frozen({**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps})
+    programs = build_programs(unet, _frozen(config.optim.to_dict()), _frozen(config.diffusion.train_schedule.to_dict()),
+                              test_schedule, vem, float(config.ema_decay), config.compute_dtype, mesh,
+                              int(config.mesh.fsdp_min_size), int(config.eval.num_samples))
+    abstract, shardings = programs.abstract, programs.shardings
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key = (jax.random.fold_in(root_key, i) for i in range(3))
-    abstract = jax.eval_shape(init_state, init_key)
-    shardings = parallel.state_sharding(mesh, abstract, config.mesh.fsdp_min_size)
 
     ckpt = checkpointing.Checkpointer(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
@@ -149,10 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         loaded = checkpointing.load_model(config.init_from, task=config.task, unet=unet)
         _check_params_fit(loaded.params, abstract.params, config.init_from)
         params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), loaded.params, shardings.params)
-        state = jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings)(params)
+        state = programs.from_params(params)
         log.info("fresh run initialised from %s (EMA weights of the source model)", config.init_from)
     else:
-        state = jax.jit(init_state, out_shardings=shardings)(init_key)
+        state = programs.init(init_key)
         log.info("fresh run, %d parameters", models.count_params(unet))
 
     step = int(jax.device_get(state.step))
@@ -164,20 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return state
 
     train_source, val_source = build_sources(config)
-    train_sched = schedules.make_schedule(**config.diffusion.train_schedule)
-    apply_fn = models.make_apply_fn(unet, jnp.dtype(config.compute_dtype))
-    step_fn = make_train_step(apply_fn, tx, train_sched.gammas, vem=vem, ema_decay=config.ema_decay)
-    train_step = parallel.jit_train_step(step_fn, mesh, shardings)
+    train_step, validate = programs.train_step, programs.validate
     batch_sharding = parallel.batch_sharding(mesh)
     parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
     base_key = jax.device_put(train_key, parallel.replicated(mesh))
-
-    validate = None
-    if config.eval.every_steps:
-        test_sched = schedules.make_schedule(**{**dict(config.diffusion.test_schedule),
-                                                "n_timestep": config.eval.sample_steps})
-        validate = jax.jit(evaluation.make_validation_fn(
-            lambda p: models.make_denoise_fn(unet, p), test_sched, vem=vem, num_samples=config.eval.num_samples))
+    if validate is not None:
         val_batch = parallel.replicated_batch(
             val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
 
