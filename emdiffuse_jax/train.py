@@ -127,15 +127,13 @@ class Programs(NamedTuple):
     init: Any                # key -> TrainState
     from_params: Any         # params -> TrainState (transfer learning)
     train_step: Any          # (state, batch, key) -> (state, metrics)
-    validate: Any            # (ema_params, batch, key) -> (metrics, mean, std), or None
 
 
 @functools.lru_cache(maxsize=4)
-def build_programs(unet: Any, optim: tuple, train_schedule: tuple, test_schedule: tuple | None, vem: bool,
-                   ema_decay: float, compute_dtype: str, mesh: Any, fsdp_min_size: int,
-                   num_samples: int) -> Programs:
+def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, ema_decay: float,
+                   compute_dtype: str, mesh: Any, fsdp_min_size: int) -> Programs:
     """Builds (and caches, so repeated runs in one process such as tests or notebooks reuse compilations)
-    the optimizer, the state shardings and the jitted init / train-step / validation functions."""
+    the optimizer, the state shardings and the jitted init and train-step functions."""
     tx = make_optimizer(**dict(optim))
 
     def init_state(key):
@@ -146,15 +144,25 @@ def build_programs(unet: Any, optim: tuple, train_schedule: tuple, test_schedule
     gammas = schedules.make_schedule(**dict(train_schedule)).gammas
     apply_fn = models.make_apply_fn(unet, jnp.dtype(compute_dtype))
     step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay)
-    validate = None
-    if test_schedule is not None:
-        validate = jax.jit(evaluation.make_validation_fn(
-            lambda p: models.make_denoise_fn(unet, p), schedules.make_schedule(**dict(test_schedule)), vem=vem,
-            num_samples=num_samples))
     return Programs(tx=tx, abstract=abstract, shardings=shardings,
                     init=jax.jit(init_state, out_shardings=shardings),
                     from_params=jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings),
-                    train_step=parallel.jit_train_step(step_fn, mesh, shardings), validate=validate)
+                    train_step=parallel.jit_train_step(step_fn, mesh, shardings))
+
+
+def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
+    """build_programs for a config (cached: equal settings share one compilation per process)."""
+    return build_programs(models.unet_config(config.model.to_dict()), _frozen(config.optim.to_dict()),
+                          _frozen(config.diffusion.train_schedule.to_dict()), config.task in VEM_TASKS,
+                          float(config.ema_decay), config.compute_dtype, mesh, int(config.mesh.fsdp_min_size))
+
+
+@functools.lru_cache(maxsize=4)
+def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int) -> Any:
+    """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
+    return jax.jit(evaluation.make_validation_fn(
+        lambda p: models.make_denoise_fn(unet, p), schedules.make_schedule(**dict(test_schedule)), vem=vem,
+        num_samples=num_samples))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -171,12 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     unet = models.unet_config(config.model.to_dict())
     identity = checkpointing.model_identity(config.task, unet)
     vem = config.task in VEM_TASKS
-    test_schedule = None
-    if config.eval.every_steps:
-        test_schedule = _frozen({**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps})
-    programs = build_programs(unet, _frozen(config.optim.to_dict()), _frozen(config.diffusion.train_schedule.to_dict()),
-                              test_schedule, vem, float(config.ema_decay), config.compute_dtype, mesh,
-                              int(config.mesh.fsdp_min_size), int(config.eval.num_samples))
+    programs = programs_for(config, mesh)
     abstract, shardings = programs.abstract, programs.shardings
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key = (jax.random.fold_in(root_key, i) for i in range(3))
@@ -209,11 +212,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return state
 
     train_source, val_source = build_sources(config)
-    train_step, validate = programs.train_step, programs.validate
+    train_step, validate = programs.train_step, None
     batch_sharding = parallel.batch_sharding(mesh)
     parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
     base_key = jax.device_put(train_key, parallel.replicated(mesh))
-    if validate is not None:
+    if config.eval.every_steps:
+        test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
+        validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples))
         val_batch = parallel.replicated_batch(
             val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
 

@@ -44,7 +44,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params,
                                   ema_params=ema_update(state.ema_params, params, ema_decay), opt_state=opt_state)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
 
