@@ -8,6 +8,7 @@ Readers never modify their input; writers refuse to overwrite unless asked.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -150,12 +151,16 @@ class LazyVolume:
     Supports `shape`, `dtype`, `ndim`, `len`, numpy-style `[...]` indexing and `np.asarray`.
     """
 
-    def __init__(self, shape: Sequence[int], dtype: Any, load_slice: Callable[[int], np.ndarray], name: str):
+    def __init__(self, shape: Sequence[int], dtype: Any, load_slice: Callable[[int], np.ndarray], name: str,
+                 cache_bytes: int = 256 << 20):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.ndim = 3
         self.name = name
         self._load_slice = load_slice
+        plane = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._cache_slices = max(1, cache_bytes // max(plane, 1))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -164,11 +169,20 @@ class LazyVolume:
         return f"LazyVolume({self.name}, shape={self.shape}, dtype={self.dtype})"
 
     def _slice(self, z: int) -> np.ndarray:
+        """Slice z, from a small LRU cache (neighbouring samples share slices)."""
+        if z in self._cache:
+            self._cache.move_to_end(z)
+            return self._cache[z]
         plane = self._load_slice(z)
         if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
             raise DataError(f"{self.name}: slice {z} has shape {plane.shape} {plane.dtype}, expected "
                             f"{self.shape[1:]} {self.dtype}; all slices must match")
-        return check_array(plane, f"{self.name} (slice {z})")
+        plane = check_array(plane, f"{self.name} (slice {z})")
+        plane.setflags(write=False)
+        self._cache[z] = plane
+        if len(self._cache) > self._cache_slices:
+            self._cache.popitem(last=False)
+        return plane
 
     def __getitem__(self, index) -> np.ndarray:
         if not isinstance(index, tuple):
@@ -259,13 +273,22 @@ def _check_volume_shape(shape: Sequence[int], name: Any) -> None:
                         "(pass a stack or a folder of slices)")
 
 
-def read_volume(path: str | os.PathLike, *, lazy: bool = False, dataset: str | None = None):
+AUTO_LAZY_BYTES = 1 << 30
+
+
+def read_volume(path: str | os.PathLike, *, lazy: bool | None = False, dataset: str | None = None):
     """A (Z, Y, X) volume from a multi-page TIFF, a folder of slices (natural order), Zarr/OME-Zarr or N5.
 
-    lazy=True returns an array-like that reads slices (or chunks) on demand; otherwise a numpy array.
-    `dataset` picks the array inside a Zarr group or N5 container. Needs at least 2 slices.
+    lazy=True returns an array-like that reads slices (or chunks) on demand; False a numpy array; None
+    decides by size (lazy above 1 GiB). `dataset` picks the array inside a Zarr group or N5 container.
+    Needs at least 2 slices.
     """
     path = _existing(path)
+    if lazy is None:
+        probe = read_volume(path, lazy=True, dataset=dataset)
+        if int(np.prod(probe.shape)) * np.dtype(probe.dtype).itemsize > AUTO_LAZY_BYTES:
+            return probe
+        lazy = False
     if path.is_dir() and _is_zarr(path):
         array = _open_zarr(path, dataset)
     elif path.is_dir() and _is_n5(path):

@@ -96,23 +96,8 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
     for pair in pairs:
         if min(pair.target.shape) < p:
             raise io.DataError(f"{pair.name}: image {pair.target.shape} is smaller than the patch size {p}")
-    # Held-out validation: the last images (contiguous, e.g. a slab of a stack) or a strip of one image.
-    regions = []  # (pair index, y0, y1, x0, x1) allowed for patch origins+size, in target pixels
-    if len(pairs) > 1 or val_fraction <= 0:
-        n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * len(pairs))))
-        if n_val >= len(pairs):
-            raise io.DataError(f"{description}: {len(pairs)} images cannot hold out {n_val} for validation")
-        chosen = range(len(pairs) - n_val) if split == "train" else range(len(pairs) - n_val, len(pairs))
-        regions = [(i, 0, pairs[i].target.shape[0], 0, pairs[i].target.shape[1]) for i in chosen]
-    else:
-        h, w = pairs[0].target.shape
-        axis_len = max(h, w)
-        cut, end = samples.holdout_range(axis_len, val_fraction, p, p, f"{pairs[0].name} (one image)")
-        cut -= cut % 2  # keep half-resolution crops aligned
-        lo, hi = (0, cut) if split == "train" else (cut, end)
-        regions = [(0, lo, hi, 0, w)] if h >= w else [(0, 0, h, lo, hi)]
-    if split == "validation" and not regions:
-        raise io.DataError(f"{description}: val_fraction is 0, there is no validation split")
+    regions = samples.split_regions([q.target.shape for q in pairs], split, p, val_fraction, description,
+                                    align=2 if task == "superres" else 1)
     mode = normalization or _default_mode([q.target.dtype for q in pairs] +
                                           [q.cond.dtype for q in pairs if q.cond is not None])
     used = sorted({r[0] for r in regions})
@@ -245,7 +230,7 @@ def is_prepared(path: str | pathlib.Path | None) -> bool:
 def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int,
                        z_factor: int | None = None, split: str = "train", val_fraction: float = 0.1,
                        normalization: str | None = None, seed: int = 0, degrade: str | None = None,
-                       lazy: bool = False) -> TrainSource:
+                       lazy: bool | None = None) -> TrainSource:
     """The training (or held-out validation) sample source for `task`.
 
     input_path: None = built-in phantoms; a dataset from launch/prepare.py; 2D tasks: an image, a stack,
@@ -253,7 +238,8 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
     inputs by the `degrade` spec, see degrade.parse_degradation); vEM tasks: a volume (TIFF stack, slice
     folder, Zarr, N5) - isotropic for vem_i, anisotropic for vem_a.
     normalization: 'uint8' | 'minmax' | 'percentile' | None (uint8 data -> 'uint8', else 'percentile'),
-    fitted per image / volume. lazy: read volumes slice by slice instead of into memory.
+    fitted per image / volume. lazy: read volumes slice by slice (True), into memory (False), or by
+    size (None: lazy above 1 GiB).
     `seed` is accepted for symmetry with `batch`; the split itself never depends on it.
     """
     samples.check_task(task)

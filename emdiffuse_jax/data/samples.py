@@ -163,37 +163,33 @@ def reflect_index(n: int, length: int) -> np.ndarray:
 
 
 class TripletVolume:
-    """Triplet geometry over a volume: 'slices' are taken along `depth_axis`.
+    """Triplet geometry over a (Z, Y, X) volume (numpy or lazy): 'slices' are taken along the depth axis.
 
     vem_i: depth = z of an isotropic volume, images are XY slices.
-    vem_a: depth = y of an anisotropic volume, images are XZ lateral views with z as rows; when the volume
-    has fewer slices than the patch size, the z rows are extended by reflection (see `reflect_index`),
-    in place of the reference's advice to duplicate the volume along z.
+    vem_a: depth = y of an anisotropic volume, images are XZ lateral views with z as rows.
+    Images smaller than the patch are extended by reflection (`reflect_index`); for vem_a this is what
+    makes volumes with fewer slices than the patch size usable, in place of the reference's advice to
+    duplicate the volume along z.
     """
 
     def __init__(self, volume: Any, task: str, patch_size: int):
         self.volume = volume
         self.task = task
         z, y, x = volume.shape
-        if task == "vem_i":
-            self.depth, self.height, self.width = z, y, x
-            self.rows = None
-        else:
-            self.depth, self.width = y, x
-            self.height = max(z, patch_size)
-            self.rows = reflect_index(z, self.height)
-        if self.height < patch_size or self.width < patch_size:
-            raise io.DataError(f"{getattr(volume, 'name', 'volume')}: images of {self.height} x {self.width} "
-                               f"are smaller than the patch size {patch_size}")
+        self.depth, h, w = (z, y, x) if task == "vem_i" else (y, z, x)
+        self.height, self.width = max(h, patch_size), max(w, patch_size)
+        self.rows = reflect_index(h, self.height)
+        self.cols = reflect_index(w, self.width)
 
     def slab(self, first: int, count: int, y: int, x: int, size: int) -> np.ndarray:
         """`count` consecutive depth slices from `first`, cropped at (y, x): (count, size, size), raw dtype."""
+        rows, cols = self.rows[y:y + size], self.cols[x:x + size]
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
         if self.task == "vem_i":
-            return np.asarray(self.volume[first:first + count, y:y + size, x:x + size])
-        rows = self.rows[y:y + size]
-        zs, inverse = np.unique(rows, return_inverse=True)
-        block = np.asarray(self.volume[zs, first:first + count, x:x + size])[inverse]  # (size, count, size)
-        return np.transpose(block, (1, 0, 2))
+            block = np.asarray(self.volume[first:first + count, r0:r1, c0:c1])
+        else:  # read (rows, depth, cols) and put depth first
+            block = np.transpose(np.asarray(self.volume[r0:r1, first:first + count, c0:c1]), (1, 0, 2))
+        return block[:, rows - r0][:, :, cols - c0]
 
 
 def triplet_from_slab(slab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,6 +213,32 @@ def holdout_range(length: int, fraction: float, minimum: int, need: int, what: s
         raise io.DataError(f"{what}: {length} is too small to hold out {held} for validation and keep {need} "
                            "for training; give more data or set val_fraction=0")
     return cut, length
+
+
+def split_regions(shapes: Sequence[tuple[int, int]], split: str, patch: int, val_fraction: float,
+                  what: str, align: int = 1) -> list[tuple[int, int, int, int, int]]:
+    """Held-out split of 2D images as regions (image index, y0, y1, x0, x1) that patches lie inside.
+
+    Several images: validation = the last round(val_fraction * n) images (at least 1) in natural order,
+    which for the slices of a stack is a slab, not a random subset of neighbours. One image: validation
+    = a strip at the end of its longer axis (at least one patch). `align` keeps the cut a multiple of it.
+    """
+    if len(shapes) > 1 or val_fraction <= 0:
+        n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * len(shapes))))
+        if n_val >= len(shapes):
+            raise io.DataError(f"{what}: {len(shapes)} images cannot hold out {n_val} for validation; "
+                               "give more images or lower val_fraction")
+        chosen = range(len(shapes) - n_val) if split == "train" else range(len(shapes) - n_val, len(shapes))
+        regions = [(i, 0, shapes[i][0], 0, shapes[i][1]) for i in chosen]
+    else:
+        h, w = shapes[0]
+        cut, end = holdout_range(max(h, w), val_fraction, patch, patch + align - 1, f"{what} (one image)")
+        cut -= cut % align
+        lo, hi = (0, cut) if split == "train" else (cut, end)
+        regions = [(0, lo, hi, 0, w)] if h >= w else [(0, 0, h, lo, hi)]
+    if not regions:
+        raise io.DataError(f"{what}: val_fraction is 0, there is no validation split")
+    return regions
 
 
 # ---------------------------------------------------------------------------------------------- augment
