@@ -148,3 +148,15 @@ def test_bad_inputs_name_the_file(tmp_path):
         build_train_source("vem_i", tmp_path / "one.tif", patch_size=32, z_factor=2)
     with pytest.raises(ValueError, match="task 'iso' unknown"):
         build_train_source("iso", patch_size=32)
+
+
+def test_prefetching_iterator_yields_the_same_batches_from_any_start_step():
+    from emdiffuse_jax.data.pipeline import iterate_batches
+
+    src = build_train_source("superres", patch_size=32)
+    it = iterate_batches(src, seed=4, start_step=7, global_batch=2, prefetch=2, threads=2)
+    for _ in range(3):
+        step, batch = next(it)
+        assert np.array_equal(batch["cond"], src.batch(4, step, 0, 1, 2)["cond"])
+    assert step == 9
+    it.close()

@@ -15,6 +15,7 @@ the volume along the triplet axis (vEM) - never by random patches of the trainin
 
 from __future__ import annotations
 
+import collections
 import functools
 import pathlib
 from typing import Any, Callable
@@ -209,11 +210,11 @@ def synthetic_pairs(task: str, patch_size: int, count: int = 4) -> list[samples.
 def synthetic_volume(task: str, patch_size: int, z_factor: int) -> np.ndarray:
     """Built-in volume: isotropic for vem_i; for vem_a anisotropic (sections z_factor pixels thick) with
     fewer slices than the patch size, as real anisotropic stacks often have."""
-    side = patch_size + patch_size // 2
+    side = patch_size + patch_size // 4
     if task == "vem_i":
         depth = max(8 * (z_factor + 1), 32)
         return _phantom_cached((depth, side, side), 2000)
-    depth = max(patch_size // z_factor, 4)
+    depth = max(patch_size // 8, 4)
     return _phantom_cached((depth, max(side, 10 * (z_factor + 1)), side), 3000, (float(z_factor), 1.0, 1.0))
 
 
@@ -261,3 +262,22 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
     else:
         pairs, desc = samples.load_pairs(input_path, target_path, task), str(input_path)
     return _pair_source(task, pairs, split, patch_size, val_fraction, normalization, degrade, desc)
+
+
+def iterate_batches(source: TrainSource, seed: int, start_step: int = 0, *, process_index: int = 0,
+                    process_count: int = 1, global_batch: int = 1, prefetch: int = 2, threads: int = 1):
+    """Yields (step, batch) from `start_step` on, building up to `prefetch` batches ahead in background
+    threads (numpy and scipy release the GIL for most of the work). Same batches as `source.batch`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(step):
+        return source.batch(seed, step, process_index, process_count, global_batch)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        pending = collections.deque(pool.submit(make, s) for s in range(start_step, start_step + prefetch + 1))
+        step = start_step
+        while True:
+            batch = pending.popleft().result()
+            pending.append(pool.submit(make, step + prefetch + 1))
+            yield step, batch
+            step += 1

@@ -248,9 +248,10 @@ def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, b
     """Reference augmentations, each with probability p: Gaussian blur (sigma 3) of each input channel in
     `blur_channels` independently, vertical flip of everything, rot90 (counter-clockwise) of everything."""
     draws = rng.random(len(blur_channels) + 2)
-    for c, d in zip(blur_channels, draws):
-        if d < p:
-            cond = cond.copy() if not cond.flags.writeable else cond
+    blurred = [c for c, d in zip(blur_channels, draws) if d < p]
+    if blurred:
+        cond = cond.copy()  # never modify the caller's array
+        for c in blurred:
             cond[..., c] = ndimage.gaussian_filter(cond[..., c], BLUR_SIGMA, mode="reflect", truncate=3.0)
     if draws[-2] < p:
         cond, target = cond[::-1], target[::-1]
