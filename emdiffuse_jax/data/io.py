@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import re
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -160,6 +161,7 @@ class LazyVolume:
         self._load_slice = load_slice
         plane = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()  # prefetching threads share the cache
         self._cache_slices = max(1, cache_bytes // max(plane, 1))
 
     def __len__(self) -> int:
@@ -170,18 +172,20 @@ class LazyVolume:
 
     def _slice(self, z: int) -> np.ndarray:
         """Slice z, from a small LRU cache (neighbouring samples share slices)."""
-        if z in self._cache:
-            self._cache.move_to_end(z)
-            return self._cache[z]
+        with self._lock:
+            if z in self._cache:
+                self._cache.move_to_end(z)
+                return self._cache[z]
         plane = self._load_slice(z)
         if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
             raise DataError(f"{self.name}: slice {z} has shape {plane.shape} {plane.dtype}, expected "
                             f"{self.shape[1:]} {self.dtype}; all slices must match")
         plane = check_array(plane, f"{self.name} (slice {z})")
         plane.setflags(write=False)
-        self._cache[z] = plane
-        if len(self._cache) > self._cache_slices:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[z] = plane
+            if len(self._cache) > self._cache_slices:
+                self._cache.popitem(last=False)
         return plane
 
     def __getitem__(self, index) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import functools
 import pathlib
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class TrainSource:
         """
         rng = np.random.default_rng([int(seed), int(step), int(slot), _SPLIT_TAG[self.split]])
         cond, target = self._draw(rng, int(seed), int(step) * int(global_batch) + int(slot))
+        # Bounds fitted on a subset of a large volume (minmax) may leave a few values just outside.
+        cond, target = np.clip(cond, -1.0, 1.0), np.clip(target, -1.0, 1.0)
         if self.split == "train":
             cond, target = samples.augment(cond, target, rng, blur_channels=self._blur_channels)
         return cond, target
@@ -167,7 +169,7 @@ def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, norm
 
 # ---------------------------------------------------------------------------------------------- prepared
 
-def _prepared_source(task, path: pathlib.Path, split, patch_size) -> TrainSource:
+def _prepared_source(task, path: pathlib.Path, split, patch_size, z_factor) -> TrainSource:
     from emdiffuse_jax.data import tfds_builder
 
     ds, info = tfds_builder.open_prepared(path, split)
@@ -176,6 +178,8 @@ def _prepared_source(task, path: pathlib.Path, split, patch_size) -> TrainSource
     if patch_size is not None and info["patch_size"] != patch_size:
         raise io.DataError(f"{path}: prepared with patch size {info['patch_size']}, not {patch_size}; "
                            "prepare it again or use its patch size")
+    if z_factor is not None and task in samples.VOLUME_TASKS and info["z_factor"] != z_factor:
+        raise io.DataError(f"{path}: prepared with z_factor {info['z_factor']}, not {z_factor}")
     n = len(ds)
     if n == 0:
         raise io.DataError(f"{path}: split '{split}' is empty")
@@ -228,13 +232,14 @@ def is_prepared(path: str | pathlib.Path | None) -> bool:
     return tfds_builder.find_prepared(pathlib.Path(path)) is not None
 
 
-def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int,
+def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int | None,
                        z_factor: int | None = None, split: str = "train", val_fraction: float = 0.1,
                        normalization: str | None = None, seed: int = 0, degrade: str | None = None,
                        lazy: bool | None = None) -> TrainSource:
     """The training (or held-out validation) sample source for `task`.
 
-    input_path: None = built-in phantoms; a dataset from launch/prepare.py; 2D tasks: an image, a stack,
+    input_path: None = built-in phantoms; a dataset from launch/prepare.py (patch_size None = its own);
+    2D tasks: an image, a stack,
     or a folder (with target_path, or an img/+gt/ or train_wf/+train_gt/ layout; clean images alone get
     inputs by the `degrade` spec, see degrade.parse_degradation); vEM tasks: a volume (TIFF stack, slice
     folder, Zarr, N5) - isotropic for vem_i, anisotropic for vem_a.
@@ -248,7 +253,9 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
         raise ValueError(f"split '{split}' unknown; use one of {SPLITS}")
     del seed  # the split is seed-independent so train/validation stay disjoint across runs
     if input_path is not None and is_prepared(input_path):
-        return _prepared_source(task, pathlib.Path(input_path), split, patch_size)
+        return _prepared_source(task, pathlib.Path(input_path), split, patch_size, z_factor)
+    if not patch_size or patch_size < 2:
+        raise ValueError(f"patch_size must be given (>= 2) unless the input is a prepared dataset, got {patch_size}")
     if task in samples.VOLUME_TASKS:
         if target_path is not None:
             raise ValueError(f"{task} takes one volume; target_path must be None")

@@ -2,8 +2,8 @@
 
 Replaces the reference's ORB homographies + RAFT: (1) global sub-pixel shift by phase correlation;
 (2) a global affine or homography fitted robustly (RANSAC) to a dense optical flow (iterative
-Lucas-Kanade, at half resolution); (3) a local, smoothed flow for the remaining non-rigid misalignment; (4) resampling of the moving image on
-the fixed grid (cubic). It then measures the residual misalignment with a fresh flow estimate and
+Lucas-Kanade, at half resolution); (3) a local, smoothed flow for the remaining non-rigid
+misalignment; (4) resampling of the moving image on the fixed grid (cubic). It then measures the residual misalignment with a fresh flow estimate and
 rejects the pair, saying why, when the overlap is too small, the global transform implausible, the
 images do not match, or the residual is above a threshold.
 
