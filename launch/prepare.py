@@ -29,6 +29,8 @@ flags.DEFINE_enum("normalization", None, ["uint8", "minmax", "percentile"],
 flags.DEFINE_float("val_fraction", 0.1, "Held-out fraction (whole images, a strip, or a slab).")
 flags.DEFINE_bool("register", True, "Register acquired 2D pairs before cutting patches.")
 flags.DEFINE_integer("z_stride", 1, "vEM: step between the first slices of consecutive triplets.")
+flags.DEFINE_integer("section_thickness", 1, "vEM: conditioning slices are the mean of this many slices "
+                     "(simulates physical section thickness when training on isotropic data).")
 flags.DEFINE_integer("seed", 0, "Seed of the degradation noise.")
 flags.mark_flags_as_required(["task", "output"])
 
@@ -41,7 +43,8 @@ def main(argv):
                                   patch_size=FLAGS.patch_size, z_factor=FLAGS.z_factor, degrade=FLAGS.degrade,
                                   overlap=FLAGS.overlap, normalization=FLAGS.normalization,
                                   val_fraction=FLAGS.val_fraction, register=FLAGS.register,
-                                  z_stride=FLAGS.z_stride, seed=FLAGS.seed)
+                                  z_stride=FLAGS.z_stride, section_thickness=FLAGS.section_thickness,
+                                  seed=FLAGS.seed)
     except (io.DataError, ValueError) as exc:
         raise app.UsageError(str(exc)) from None
     print(summary.text())

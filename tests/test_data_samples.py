@@ -83,3 +83,18 @@ def test_augment_flips_rotates_both_and_blurs_inputs_only():
         seen.add((c[..., 0].max() < 0.1, c[..., 1].max() < 0.1, tuple(np.argwhere(t[..., 0] == 1)[0])))
     assert len({k[2] for k in seen}) == 4 and {k[0] for k in seen} == {True, False}
     assert cond[10, 5].tolist() == [1, 1] and cond.sum() == 2  # the caller's arrays are untouched
+
+
+def test_section_thickness_averages_the_conditioning_slices_only():
+    vol = np.zeros((12, 8, 8), np.uint16)
+    vol[4] = 300  # one bright slice
+    geo = samples.TripletVolume(vol, "vem_i", patch_size=8)
+    thin_c, thin_t = samples.triplet(geo, first=3, z=3, y=0, x=0, size=8)
+    thick_c, thick_t = samples.triplet(geo, first=3, z=3, y=0, x=0, size=8, thickness=3)
+    assert thin_c[0, 0].tolist() == [0, 0] and thick_c[0, 0].tolist() == [0, 100]  # earlier = mean(2, 3, 4)
+    assert np.array_equal(thin_t, thick_t) and thin_t[0, 0].tolist() == [300, 0]
+    vol2 = vol.copy()
+    vol2[1] = 90
+    geo2 = samples.TripletVolume(vol2, "vem_i", patch_size=8)
+    c2, _ = samples.triplet(geo2, first=0, z=3, y=0, x=0, size=8, thickness=3, bounds=(0, 6))
+    assert c2[0, 0, 1] == 60  # slices (1, 0, 1) mirrored at the start: (90 + 0 + 90) / 3

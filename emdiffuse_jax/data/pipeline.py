@@ -141,7 +141,7 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
 # ---------------------------------------------------------------------------------------------- volumes
 
 def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization,
-                   description) -> TrainSource:
+                   description, section_thickness=1) -> TrainSource:
     if z_factor is None or z_factor < 2:
         raise ValueError(f"{task} needs z_factor >= 2 (slices generated between two inputs + 1), got {z_factor}")
     p, z = patch_size, int(z_factor)
@@ -160,8 +160,8 @@ def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, norm
         first = int(rng.integers(d0, d1 - z))  # inclusive of the last slice (reference bug 12 fixed)
         y = int(rng.integers(0, geo.height - p + 1))
         x = int(rng.integers(0, geo.width - p + 1))
-        slab = apply_normalization(geo.slab(first, z + 1, y, x, p), norm)
-        return samples.triplet_from_slab(slab)
+        cond, target = samples.triplet(geo, first, z, y, x, p, section_thickness, (d0, d1))
+        return apply_normalization(cond, norm), apply_normalization(target, norm)
 
     num = (d1 - d0 - z) * (geo.height // p) * (geo.width // p)
     return TrainSource(task, split, p, (2, z - 1), num, draw, (0, 1), [norm], description)
@@ -235,7 +235,7 @@ def is_prepared(path: str | pathlib.Path | None) -> bool:
 def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int | None,
                        z_factor: int | None = None, split: str = "train", val_fraction: float = 0.1,
                        normalization: str | None = None, seed: int = 0, degrade: str | None = None,
-                       lazy: bool | None = None) -> TrainSource:
+                       lazy: bool | None = None, section_thickness: int = 1) -> TrainSource:
     """The training (or held-out validation) sample source for `task`.
 
     input_path: None = built-in phantoms; a dataset from launch/prepare.py (patch_size None = its own);
@@ -245,7 +245,8 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
     folder, Zarr, N5) - isotropic for vem_i, anisotropic for vem_a.
     normalization: 'uint8' | 'minmax' | 'percentile' | None (uint8 data -> 'uint8', else 'percentile'),
     fitted per image / volume. lazy: read volumes slice by slice (True), into memory (False), or by
-    size (None: lazy above 1 GiB).
+    size (None: lazy above 1 GiB). section_thickness (vEM): conditioning slices are the mean of that many
+    slices (see samples.triplet).
     `seed` is accepted for symmetry with `batch`; the split itself never depends on it.
     """
     samples.check_task(task)
@@ -263,7 +264,8 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
             volume, desc = synthetic_volume(task, patch_size, z_factor or 0), "built-in phantom volume"
         else:
             volume, desc = io.read_volume(input_path, lazy=lazy), str(input_path)
-        return _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization, desc)
+        return _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization, desc,
+                              section_thickness)
     if input_path is None:
         pairs, desc = synthetic_pairs(task, patch_size), "built-in phantom images"
     else:

@@ -121,16 +121,15 @@ def _pair_examples(task, pairs, patch, overlap, regions, norms, degrade, seed, r
                        "clip": tnorm.clip, "name": f"{pair.name}@{y},{x}"}
 
 
-def _volume_examples(geo, z, patch, overlap, d0, d1, z_stride, norm, min_std, rejected, progress):
+def _volume_examples(geo, z, patch, overlap, d0, d1, z_stride, thickness, norm, min_std, rejected, progress):
     for first in range(d0, d1 - z, z_stride):
         for y in axis_origins(geo.height, patch, overlap):
             for x in axis_origins(geo.width, patch, overlap):
                 progress.update()
-                slab = geo.slab(first, z + 1, int(y), int(x), patch)
-                if apply_normalization(slab, norm).std() < min_std:
-                    rejected[f"blank patch (std < {min_std})"] += 1
+                cond, target = samples.triplet(geo, first, z, int(y), int(x), patch, thickness, (d0, d1))
+                if apply_normalization(target, norm).std() < min_std:
+                    rejected[f"blank patch (target std < {min_std})"] += 1
                     continue
-                cond, target = samples.triplet_from_slab(slab)
                 yield {"cond": cond, "target": target, "cond_lo": norm.lo, "cond_hi": norm.hi,
                        "target_lo": norm.lo, "target_hi": norm.hi, "clip": norm.clip,
                        "name": f"d{first}@{int(y)},{int(x)}"}
@@ -139,7 +138,8 @@ def _volume_examples(geo, z, patch, overlap, d0, d1, z_stride, norm, min_std, re
 def prepare_dataset(task: str, input_path=None, target_path=None, *, output, patch_size: int = 256,
                     z_factor: int | None = None, degrade: str | None = None, overlap: float = 0.125,
                     normalization: str | None = None, val_fraction: float = 0.1, register: bool = True,
-                    z_stride: int = 1, min_std: float = 0.02, seed: int = 0, show_progress: bool = True,
+                    z_stride: int = 1, section_thickness: int = 1, min_std: float = 0.02, seed: int = 0,
+                    show_progress: bool = True,
                     stream=None) -> PrepareSummary:
     """Writes the train and validation splits for `task` under `output` and returns a summary.
 
@@ -165,11 +165,12 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         tiles = len(axis_origins(geo.height, p, overlap)) * len(axis_origins(geo.width, p, overlap))
         total = sum(len(range(a, b - z, z_stride)) for a, b in ranges.values()) * tiles
         progress = Progress(total, f"{task}", stream) if show_progress else _Silent()
-        splits = {name: (lambda a=a, b=b: _volume_examples(geo, z, p, overlap, a, b, z_stride, norm, min_std,
-                                                          rejected, progress))
+        splits = {name: (lambda a=a, b=b: _volume_examples(geo, z, p, overlap, a, b, z_stride, section_thickness,
+                                                          norm, min_std, rejected, progress))
                   for name, (a, b) in ranges.items()}
         cond_shape, target_shape, dtype = (p, p, 2), (p, p, z - 1), volume.dtype
-        meta.update(channels=[2, z - 1], normalization=norm.mode, degrade=None)
+        meta.update(channels=[2, z - 1], normalization=norm.mode, degrade=None,
+                    section_thickness=section_thickness)
     else:
         pairs = synthetic_pairs(task, p) if input_path is None else samples.load_pairs(input_path, target_path, task)
         for pair in pairs:

@@ -192,6 +192,39 @@ class TripletVolume:
         return block[:, rows - r0][:, :, cols - c0]
 
 
+def _section(geo: "TripletVolume", center: int, thickness: int, y: int, x: int, size: int,
+             bounds: tuple[int, int]) -> np.ndarray:
+    """Mean of `thickness` slices centred on `center`, mirrored at the ends of `bounds` (so a held-out
+    slab never reads the other split), in the source dtype."""
+    lo_b, hi_b = bounds
+    idx = center - lo_b + np.arange(thickness) - (thickness - 1) // 2
+    n = hi_b - lo_b
+    idx = np.abs(idx)
+    idx = np.clip(np.where(idx >= n, 2 * (n - 1) - idx, idx), 0, n - 1) + lo_b
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    block = geo.slab(lo, hi - lo, y, x, size)[idx - lo].astype(np.float64).mean(axis=0)
+    dtype = np.dtype(geo.volume.dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(block), info.min, info.max).astype(dtype)
+    return block.astype(dtype)
+
+
+def triplet(geo: "TripletVolume", first: int, z: int, y: int, x: int, size: int, thickness: int = 1,
+            bounds: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The sample whose earlier slice is `first`: cond (size, size, 2) [later, earlier] and target
+    (size, size, z-1), source dtype. thickness > 1 makes each conditioning slice the mean of that many
+    slices around it (degrade.z_subsample's section-thickness model, mirrored inside `bounds`, default
+    the whole depth), so that a model trained on an isotropic volume sees inputs like physical
+    sections; targets stay thin."""
+    cond, target = triplet_from_slab(geo.slab(first, z + 1, y, x, size))
+    if thickness > 1:
+        bounds = bounds or (0, geo.depth)
+        cond = np.stack([_section(geo, first + z, thickness, y, x, size, bounds),
+                         _section(geo, first, thickness, y, x, size, bounds)], axis=-1)
+    return cond, target
+
+
 def triplet_from_slab(slab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(z+1, H, W) consecutive slices -> cond (H, W, 2) [later, earlier], target (H, W, z-1)."""
     cond = np.stack([slab[-1], slab[0]], axis=-1)
