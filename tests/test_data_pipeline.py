@@ -160,3 +160,15 @@ def test_prefetching_iterator_yields_the_same_batches_from_any_start_step():
         assert np.array_equal(batch["cond"], src.batch(4, step, 0, 1, 2)["cond"])
     assert step == 9
     it.close()
+
+
+def test_16_bit_pairs_smaller_than_a_patch_are_padded_and_percentile_normalised(tmp_path):
+    rng = np.random.default_rng(5)
+    clean = rng.integers(20000, 40000, (3, 50, 40), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "clean.tif", clean, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "noisy.tif", clean // 2 + 100, photometric="minisblack")
+    src = build_train_source("denoise", tmp_path / "noisy.tif", tmp_path / "clean.tif", patch_size=64,
+                             val_fraction=0.34)
+    assert src.norm[0].mode == "percentile" and src.norm[0].dtype == np.dtype(np.uint16).str
+    b = src.batch(0, 0, 0, 1, 2)
+    assert b["cond"].shape == (2, 64, 64, 1) and -1 <= b["target"].min() and b["target"].max() <= 1

@@ -96,9 +96,7 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
         raise ValueError(f"super-resolution needs an even patch size, got {p}")
     if not pairs:
         raise io.DataError(f"{description}: no images")
-    for pair in pairs:
-        if min(pair.target.shape) < p:
-            raise io.DataError(f"{pair.name}: image {pair.target.shape} is smaller than the patch size {p}")
+    pairs = samples.pad_pairs(pairs, p)
     regions = samples.split_regions([q.target.shape for q in pairs], split, p, val_fraction, description,
                                     align=2 if task == "superres" else 1)
     mode = normalization or _default_mode([q.target.dtype for q in pairs] +

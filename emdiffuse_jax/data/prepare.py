@@ -173,9 +173,7 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
                     section_thickness=section_thickness)
     else:
         pairs = synthetic_pairs(task, p) if input_path is None else samples.load_pairs(input_path, target_path, task)
-        for pair in pairs:
-            if min(pair.target.shape) < p:
-                raise io.DataError(f"{pair.name}: image {pair.target.shape} is smaller than the patch size {p}")
+        pairs = samples.pad_pairs(pairs, p)
         scales = {q.scale for q in pairs}
         has_cond = {q.cond is not None for q in pairs}
         if len(scales) > 1 or len(has_cond) > 1:

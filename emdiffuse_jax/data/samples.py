@@ -150,6 +150,23 @@ def load_pairs(input_path, target_path=None, task: str = "denoise") -> list[Imag
     return pairs
 
 
+def pad_pairs(pairs: list[ImagePair], patch: int) -> list[ImagePair]:
+    """Pairs whose images are smaller than a patch, extended by mirror reflection up to the patch size
+    (half of it for half-resolution inputs), like tiles of small images in tiling.py."""
+    from emdiffuse_jax.data.tiling import pad_to
+
+    out = []
+    for q in pairs:
+        h, w = q.target.shape
+        if h >= patch and w >= patch:
+            out.append(q)
+            continue
+        size = (max(h, patch), max(w, patch))
+        cond = None if q.cond is None else pad_to(q.cond, (size[0] // q.scale, size[1] // q.scale))
+        out.append(ImagePair(q.name, pad_to(q.target, size), cond, q.scale))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- geometry
 
 def reflect_index(n: int, length: int) -> np.ndarray:
