@@ -118,3 +118,13 @@ def test_prepare_script_shows_progress_and_summary(tmp_path):
                           f"--input={tmp_path / 'missing'}", f"--output={tmp_path / 'o2'}"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "missing: no such file or folder" in bad.stderr
+
+
+def test_a_split_left_empty_by_rejections_is_an_error_with_the_reasons(tmp_path):
+    (tmp_path / "img").mkdir(), (tmp_path / "gt").mkdir()
+    tifffile.imwrite(tmp_path / "gt" / "a.tif", phantom((128, 128), seed=1))
+    tifffile.imwrite(tmp_path / "img" / "a.tif", phantom((128, 128), seed=2))  # different content
+    with pytest.raises(io.DataError, match="no usable patches for the train split.*pair not registered"):
+        prepare_dataset("denoise", tmp_path, output=tmp_path / "out", patch_size=64, val_fraction=0,
+                        show_progress=False)
+    assert not list((tmp_path / "out").rglob("*.array_record*"))

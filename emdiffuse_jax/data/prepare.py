@@ -82,13 +82,15 @@ def _cast_like(x: np.ndarray, dtype) -> np.ndarray:
 
 
 def _pair_examples(task, pairs, patch, overlap, regions, norms, degrade, seed, register, min_std,
-                   rejected, progress) -> Iterator[dict]:
+                   rejected, progress, registrations: dict) -> Iterator[dict]:
     for i, y0, y1, x0, x1 in regions:
         pair, tnorm, cnorm = pairs[i], norms[i][0], norms[i][1]
         cond_img, valid = pair.cond, None
         if cond_img is not None and register:
-            fn = register_superres if pair.scale == 2 else register_pair
-            reg = fn(cond_img.astype(np.float64), pair.target.astype(np.float64))
+            if i not in registrations:  # one image may feed both splits (train part, held-out strip)
+                fn = register_superres if pair.scale == 2 else register_pair
+                registrations[i] = fn(cond_img.astype(np.float64), pair.target.astype(np.float64))
+            reg = registrations[i]
             if not reg.ok:
                 n_tiles = len(axis_origins(y1 - y0, patch, overlap)) * len(axis_origins(x1 - x0, patch, overlap))
                 rejected[f"pair not registered: {reg.reason}"] += n_tiles
@@ -139,8 +141,7 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
                     z_factor: int | None = None, degrade: str | None = None, overlap: float = 0.125,
                     normalization: str | None = None, val_fraction: float = 0.1, register: bool = True,
                     z_stride: int = 1, section_thickness: int = 1, min_std: float = 0.02, seed: int = 0,
-                    show_progress: bool = True,
-                    stream=None) -> PrepareSummary:
+                    show_progress: bool = True, stream=None) -> PrepareSummary:
     """Writes the train and validation splits for `task` under `output` and returns a summary.
 
     input_path None uses the built-in phantoms. See launch/prepare.py for the meaning of each option.
@@ -193,8 +194,10 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         total = sum(len(axis_origins(y1 - y0, p, overlap)) * len(axis_origins(x1 - x0, p, overlap))
                     for regions in split_regions.values() for _, y0, y1, x0, x1 in regions)
         progress = Progress(total, f"{task}", stream) if show_progress else _Silent()
-        splits = {name: (lambda regions=regions: _pair_examples(task, pairs, p, overlap, regions, norms, deg,
-                                                                seed, register, min_std, rejected, progress))
+        registrations: dict = {}
+        splits = {name: (lambda regions=regions: _pair_examples(task, pairs, p, overlap, regions, norms, deg, seed,
+                                                                register, min_std, rejected, progress,
+                                                                registrations))
                   for name, regions in split_regions.items()}
         half = pairs[0].scale == 2 or (deg is not None and task == "superres")
         cond_shape, target_shape = ((p // 2 if half else p), (p // 2 if half else p), 1), (p, p, 1)
@@ -202,6 +205,8 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         if any(q.target.dtype != dtype or (q.cond is not None and q.cond.dtype != dtype) for q in pairs):
             raise io.DataError(f"{meta['source']}: images have different dtypes; convert them to one")
         meta.update(channels=[1, 1], normalization=mode, degrade=getattr(deg, "spec", None))
+    splits = {name: (lambda make=make, name=name: _nonempty(make(), name, meta["source"], rejected))
+              for name, make in splits.items()}
     version_dir = tfds_builder.write_prepared(output, cond_shape=cond_shape, target_shape=target_shape,
                                               dtype=dtype, splits=splits, metadata=meta)
     progress.close()
@@ -213,6 +218,18 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
     (version_dir / "prepare_summary.json").write_text(json.dumps(
         {"counts": counts, "rejected": dict(rejected), "seconds": summary.seconds, "metadata": meta}, indent=2))
     return summary
+
+
+def _nonempty(examples: Iterator[dict], split: str, source: str, rejected: collections.Counter) -> Iterator[dict]:
+    """Passes examples through; a split that ends up empty is an error that says why."""
+    count = 0
+    for example in examples:
+        count += 1
+        yield example
+    if count == 0:
+        reasons = "; ".join(f"{n} x {r}" for r, n in rejected.most_common()) or "no patches fit"
+        raise io.DataError(f"{source}: no usable patches for the {split} split (rejected: {reasons}); check the "
+                           "pairs, lower --val_fraction, or try --register=false for pre-aligned pairs")
 
 
 class _Silent:

@@ -95,8 +95,18 @@ def write_prepared(output_dir: str | pathlib.Path, *, cond_shape, target_shape, 
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()  # the caller shows its own
-    with tempfile.TemporaryDirectory() as downloads:
-        builder.download_and_prepare(download_dir=downloads)
+    try:
+        with tempfile.TemporaryDirectory() as downloads:
+            builder.download_and_prepare(download_dir=downloads)
+    except Exception as exc:
+        for partial in (output_dir / DATASET_NAME).glob("incomplete.*"):  # TFDS's unfinished files
+            shutil.rmtree(partial, ignore_errors=True)
+        cause = exc
+        while cause is not None and not isinstance(cause, io.DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # TFDS wraps errors raised inside the generator
+            raise io.DataError(str(cause)) from exc
+        raise
     leftover = output_dir / "downloads"
     if leftover.is_dir() and not any(p.is_file() for p in leftover.rglob("*")):
         shutil.rmtree(leftover)
