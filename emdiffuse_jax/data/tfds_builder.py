@@ -101,6 +101,8 @@ def write_prepared(output_dir: str | pathlib.Path, *, cond_shape, target_shape, 
     except Exception as exc:
         for partial in (output_dir / DATASET_NAME).glob("incomplete.*"):  # TFDS's unfinished files
             shutil.rmtree(partial, ignore_errors=True)
+        if (output_dir / DATASET_NAME).is_dir() and not any((output_dir / DATASET_NAME).iterdir()):
+            (output_dir / DATASET_NAME).rmdir()
         cause = exc
         while cause is not None and not isinstance(cause, io.DataError):
             cause = cause.__cause__ or cause.__context__
