@@ -35,6 +35,7 @@ def test_batches_are_a_pure_function_of_seed_step_and_process(task, z, channels)
     other_seed = a.batch(8, 11, 0, 1, 4)
     assert not np.array_equal(later["target"], other_step["target"])
     assert not np.array_equal(later["target"], other_seed["target"])
+    assert a.batch(-1, 0, 0, 1, 1)["cond"].shape[0] == 1  # negative seeds (the reference's -1) work
 
 
 def test_processes_get_disjoint_shares_of_the_same_global_batch():

@@ -66,8 +66,9 @@ class TrainSource:
         Random crops depend on (seed, step, slot) only; prepared datasets walk a per-epoch permutation by
         the global sample number step * global_batch + slot.
         """
-        rng = np.random.default_rng([int(seed), int(step), int(slot), _SPLIT_TAG[self.split]])
-        cond, target = self._draw(rng, int(seed), int(step) * int(global_batch) + int(slot))
+        seed = int(seed) % (1 << 63)  # numpy seeds must be non-negative (the reference's default is -1)
+        rng = np.random.default_rng([seed, int(step), int(slot), _SPLIT_TAG[self.split]])
+        cond, target = self._draw(rng, seed, int(step) * int(global_batch) + int(slot))
         # Bounds fitted on a subset of a large volume (minmax) may leave a few values just outside.
         cond, target = np.clip(cond, -1.0, 1.0), np.clip(target, -1.0, 1.0)
         if self.split == "train":
