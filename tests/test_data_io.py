@@ -63,6 +63,8 @@ def test_slice_folder_is_read_in_natural_order_lazily_and_untouched(tmp_path):
     assert np.array_equal(io.read_volume(tmp_path), vol)  # lexical order would put 10, 11 after 1
     lazy = io.read_volume(tmp_path, lazy=True)
     assert isinstance(lazy, io.LazyVolume) and np.array_equal(lazy[9:12, 2], vol[9:12, 2])
+    for index in [(..., 3), (-1, slice(2, 5)), ([0, 11], ..., slice(None, None, 2)), (slice(5, 5),)]:
+        assert np.array_equal(lazy[index], vol[index])
     assert {p: _fingerprint(p) for p in tmp_path.iterdir()} == before
 
 

@@ -189,15 +189,18 @@ class LazyVolume:
         return plane
 
     def __getitem__(self, index) -> np.ndarray:
-        if not isinstance(index, tuple):
-            index = (index,)
+        index = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis for i in index):
+            at = next(k for k, i in enumerate(index) if i is Ellipsis)
+            fill = (slice(None),) * (3 - (len(index) - 1))
+            index = index[:at] + fill + index[at + 1:]
         zi, rest = index[0], index[1:]
         if isinstance(zi, (int, np.integer)):
-            return self._slice(range(self.shape[0])[zi])[rest]
+            return np.array(self._slice(range(self.shape[0])[zi])[rest])
         zs = np.arange(self.shape[0])[zi]
-        out = np.stack([self._slice(int(z))[rest] for z in zs]) if len(zs) else \
-            np.empty((0,) + np.empty(self.shape[1:])[rest].shape, self.dtype)
-        return out
+        if not len(zs):
+            return np.zeros((0,) + np.zeros(self.shape[1:], np.uint8)[rest].shape, self.dtype)
+        return np.stack([self._slice(int(z))[rest] for z in zs])
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
