@@ -35,7 +35,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x + 1.0) * 0.5
 
 
-def _default_mode(dtypes) -> str:
+def default_normalization(dtypes) -> str:
+    """'uint8' (the reference mapping) when all data is 8-bit, else 'percentile'."""
     return "uint8" if all(np.dtype(d) == np.uint8 for d in dtypes) else "percentile"
 
 
@@ -100,7 +101,7 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
     pairs = samples.pad_pairs(pairs, p)
     regions = samples.split_regions([q.target.shape for q in pairs], split, p, val_fraction, description,
                                     align=2 if task == "superres" else 1)
-    mode = normalization or _default_mode([q.target.dtype for q in pairs] +
+    mode = normalization or default_normalization([q.target.dtype for q in pairs] +
                                           [q.cond.dtype for q in pairs if q.cond is not None])
     used = sorted({r[0] for r in regions})
     norms = {i: (fit_normalization(pairs[i].target, mode),
@@ -152,7 +153,7 @@ def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, norm
     if d1 - d0 < z + 1:
         raise io.DataError(f"{description}: the {split} part has {d1 - d0} slices along {axis}; "
                            f"a triplet for z_factor {z} needs {z + 1}")
-    mode = normalization or _default_mode([volume.dtype])
+    mode = normalization or default_normalization([volume.dtype])
     norm = fit_normalization(volume, mode)
 
     def draw(rng, seed, index):
