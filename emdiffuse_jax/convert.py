@@ -96,22 +96,21 @@ def load_torch_checkpoint(path: str | os.PathLike, unet: Any = None) -> dict:
             f"res_blocks={cfg.res_blocks}, attn_res={list(cfg.attn_res)}, in_channel={cfg.in_channel}. "
             "Use the UNet settings the checkpoint was trained with.")
 
-    target = abstract_params(cfg)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
-    converted, used = [], set()
-    for key_path, leaf in leaves:
-        names = tuple(entry.key for entry in key_path)
-        key = torch_key(names)
-        if key not in state:
-            raise ValueError(f"checkpoint {path} is missing key {key!r} (expected shape "
-                             f"{_expected_torch_shape(leaf.shape)}). {hint}")
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(cfg))
+    keys = [torch_key(tuple(entry.key for entry in key_path)) for key_path, _ in leaves]
+    missing = [(key, leaf) for key, (_, leaf) in zip(keys, leaves) if key not in state]
+    if missing:
+        key, leaf = missing[0]
+        raise ValueError(f"checkpoint {path} is missing {len(missing)} keys, e.g. {key!r} (expected shape "
+                         f"{_expected_torch_shape(leaf.shape)}). {hint}")
+    unexpected = sorted(network_keys - set(keys))
+    if unexpected:
+        raise ValueError(f"checkpoint {path} has {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}. {hint}")
+    converted = []
+    for key, (_, leaf) in zip(keys, leaves):
         try:
             converted.append(_to_flax(np.asarray(state[key]), leaf.shape))
         except ValueError:
             raise ValueError(f"checkpoint {path}: key {key!r} has shape {tuple(state[key].shape)}, the network "
                              f"expects {_expected_torch_shape(leaf.shape)}. {hint}") from None
-        used.add(key)
-    unexpected = sorted(network_keys - used)
-    if unexpected:
-        raise ValueError(f"checkpoint {path} has {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}. {hint}")
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(v) for v in converted])

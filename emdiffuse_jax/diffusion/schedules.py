@@ -65,17 +65,19 @@ def schedule_from_betas(betas: np.ndarray) -> Schedule:
     alphas = 1.0 - betas
     gammas = np.cumprod(alphas)
     gammas_prev = np.append(1.0, gammas[:-1])
-    posterior_variance = betas * (1.0 - gammas_prev) / (1.0 - gammas)
-    buffers = dict(
-        betas=betas,
-        gammas=gammas,
-        gammas_prev=gammas_prev,
-        sqrt_recip_gammas=np.sqrt(1.0 / gammas),
-        sqrt_recipm1_gammas=np.sqrt(1.0 / gammas - 1),
-        posterior_log_variance_clipped=np.log(np.maximum(posterior_variance, 1e-20)),
-        posterior_mean_coef1=betas * np.sqrt(gammas_prev) / (1.0 - gammas),
-        posterior_mean_coef2=(1.0 - gammas_prev) * np.sqrt(alphas) / (1.0 - gammas),
-    )
+    # 'jsd' ends with beta = 1, so gamma_N = 0 and 1/gamma is infinite there, as in the reference.
+    with np.errstate(divide="ignore"):
+        posterior_variance = betas * (1.0 - gammas_prev) / (1.0 - gammas)
+        buffers = dict(
+            betas=betas,
+            gammas=gammas,
+            gammas_prev=gammas_prev,
+            sqrt_recip_gammas=np.sqrt(1.0 / gammas),
+            sqrt_recipm1_gammas=np.sqrt(1.0 / gammas - 1),
+            posterior_log_variance_clipped=np.log(np.maximum(posterior_variance, 1e-20)),
+            posterior_mean_coef1=betas * np.sqrt(gammas_prev) / (1.0 - gammas),
+            posterior_mean_coef2=(1.0 - gammas_prev) * np.sqrt(alphas) / (1.0 - gammas),
+        )
     return Schedule(**{k: jnp.asarray(v, dtype=jnp.float32) for k, v in buffers.items()})
 
 
