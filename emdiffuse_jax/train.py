@@ -63,19 +63,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def build_sources(config: ml_collections.ConfigDict):
-    """Train and validation sources of the data pipeline; logs which data is used."""
+    """Train and held-out validation sources of the data pipeline; logs which data is used."""
     from emdiffuse_jax.data.pipeline import build_train_source
 
     input_path = config.data.input_path or None
     target_path = config.data.target_path or None
     kwargs = dict(patch_size=config.data.patch_size,
-                  z_factor=config.data.z_factor if config.task in VEM_TASKS else None)
-    if input_path is None:
-        log.info("training data: built-in synthetic phantoms (config.data.input_path is empty)")
-    else:
-        log.info("training data: %s%s", input_path, f" -> {target_path}" if target_path else "")
+                  z_factor=config.data.z_factor if config.task in VEM_TASKS else None,
+                  val_fraction=config.data.val_fraction, normalization=config.data.normalization or None,
+                  degrade=config.data.degrade or None)
     train = build_train_source(config.task, input_path, target_path, split="train", **kwargs)
-    val = build_train_source(config.task, input_path, target_path, split="val", **kwargs)
+    val = build_train_source(config.task, input_path, target_path, split="validation", **kwargs)
+    if input_path is None:
+        log.info("training data: built-in synthetic phantoms (config.data.input_path is empty): %s", train)
+    else:
+        log.info("training data: %s", train)
     return train, val
 
 
@@ -201,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         log.info("fresh run initialised from %s (EMA weights of the source model)", config.init_from)
     else:
         state = programs.init(init_key)
-        log.info("fresh run, %d parameters", models.count_params(unet))
+        log.info("fresh run: %d parameters initialised", models.count_params(unet))
 
     step = int(jax.device_get(state.step))
     meta = {**identity, "z_factor": int(config.data.z_factor) if vem else None,
@@ -226,11 +228,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      enabled=is_main)
     writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
     t_last, step_last, t_first = time.time(), step, None
+    batches = _batches(train_source, config, step)
     try:
         with _PreemptionFlag() as preempt:
-            while step < config.num_steps:
-                local = train_source.batch(config.seed, step, jax.process_index(), jax.process_count(),
-                                           config.batch_size)
+            for data_step, local in batches:
+                if step >= config.num_steps:
+                    break
+                assert data_step == step
                 state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), base_key)
                 step += 1
                 if t_first is None:
@@ -276,10 +280,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     log.info("preemption signal: saved step %d, exiting", step)
                     break
     finally:
+        batches.close()
         ckpt.close()
         if writer is not None:
             writer.close()
     return state
+
+
+def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
+    """This process's rows of the global batches from start_step on, prepared ahead in a thread."""
+    from emdiffuse_jax.data.pipeline import iterate_batches
+
+    return iterate_batches(source, config.seed, start_step, process_index=jax.process_index(),
+                           process_count=jax.process_count(), global_batch=config.batch_size, prefetch=2)
 
 
 def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.Array, step: int,

@@ -32,7 +32,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
         target_path="",       # paired targets (denoise / superres); "" = derived by the data pipeline
         patch_size=256,
         z_factor=6 if vem else 0,   # vEM: slices generated between two inputs = z_factor - 1
-        val_batch_size=4,     # held-out validation images (identical on every process)
+        val_fraction=0.1,     # held out by whole images / a strip / a slab of the volume (data pipeline)
+        val_batch_size=4,     # validation patches scored at each validation (identical on every process)
+        normalization="",     # "" = uint8 mapping for 8-bit data, else percentile; or uint8|minmax|percentile
+        degrade="",           # clean images only: how inputs are made (see data.degrade); "" = default
     ))
 
     c.diffusion = ml_collections.ConfigDict(dict(

@@ -5,6 +5,7 @@ Re-running with the same --workdir resumes from its newest checkpoint. On a TPU 
 on every worker with a shared workdir (see launch/tpu_pod.sh).
 """
 
+import logging as pylogging
 import pathlib
 import sys
 
@@ -24,6 +25,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    # Our progress lines at INFO; the libraries' (Orbax logs every file it writes) only from WARNING.
+    logging.set_verbosity(logging.WARNING)
+    handler = pylogging.StreamHandler()
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    ours = pylogging.getLogger("emdiffuse_jax")
+    ours.setLevel(pylogging.INFO)
+    ours.addHandler(handler)
+    ours.propagate = False
     from emdiffuse_jax import parallel
 
     parallel.maybe_initialize_distributed(config.distributed)   # before any other JAX call
@@ -31,8 +40,8 @@ def main(argv):
 
     from emdiffuse_jax.train import train_and_evaluate
 
-    logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
-                 jax.process_count(), jax.devices())
+    ours.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(), jax.process_count(),
+              jax.devices())
     train_and_evaluate(config, _WORKDIR.value)
 
 
