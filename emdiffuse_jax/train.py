@@ -178,6 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size, jax.process_count())
+    parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
     unet = models.unet_config(config.model.to_dict())
     identity = checkpointing.model_identity(config.task, unet)
     vem = config.task in VEM_TASKS
@@ -216,7 +217,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_source, val_source = build_sources(config)
     train_step, validate = programs.train_step, None
     batch_sharding = parallel.batch_sharding(mesh)
-    parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
     base_key = jax.device_put(train_key, parallel.replicated(mesh))
     if config.eval.every_steps:
         test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
@@ -232,8 +232,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     try:
         with _PreemptionFlag() as preempt:
             for data_step, local in batches:
-                if step >= config.num_steps:
-                    break
                 assert data_step == step
                 state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), base_key)
                 step += 1
@@ -248,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 do_save = (ckpt.should_save(step) or step == config.num_steps or preempted or do_eval)
                 do_log = step % config.log_every == 0 or step == config.num_steps
                 if not (do_log or do_save):
-                    continue
+                    continue   # (the loop ends at num_steps, which always logs and saves)
                 metrics = jax.device_get(metrics)
                 if not metrics["finite"] > 0:
                     ckpt.wait()
@@ -258,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                         f"{ckpt.directory}; lower optim.learning_rate or set optim.grad_clip_norm and resume.")
                 if do_log:
                     now = time.time()
-                    rate = (step - step_last) / max(now - t_last, 1e-9)
+                    elapsed = max(now - t_last, 1e-9)
+                    rate = (step - step_last) / elapsed if step > step_last else 1 / t_first
                     t_last, step_last = now, step
                     loss = float(metrics["loss"])
                     log.info("step %d/%d | loss %.5f | grad norm %.3g | %.2f steps/s | ETA %s", step,
@@ -278,6 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     ckpt.save(step, state, {**meta, "step": step}, metrics=val_metrics, force=True)
                 if preempted:
                     log.info("preemption signal: saved step %d, exiting", step)
+                    break
+                if step >= config.num_steps:
                     break
     finally:
         batches.close()
