@@ -18,31 +18,28 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
 
-# Environment variables that announce a multi-process launch (set by TPU pods, SLURM, or by hand).
-_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                  "SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS")
+def _launched_as_multiprocess() -> bool:
+    """Whether a launcher announced several processes: a coordinator address, a TPU pod slice with several
+    workers, or a SLURM job with several tasks."""
+    env = os.environ
+    if any(env.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")):
+        return True
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1:
+        return True
+    return int(env.get("SLURM_NTASKS", "1") or 1) > 1
 
 
 def maybe_initialize_distributed(mode: str = "auto") -> bool:
     """Calls ``jax.distributed.initialize`` when this is (or is declared to be) a multi-process run.
 
-    mode: "auto" initialises only when a launcher left its marks in the environment (a TPU pod with
-    several workers, SLURM with several tasks, an explicit coordinator address); "always" forces it;
-    "never" skips it. Must run before any other JAX call. Returns True if initialised here. Off-cluster
-    failures in "auto" mode are logged and the run continues single-process.
+    mode: "auto" initialises only when a launcher announced several processes; "always" forces it; "never"
+    skips it. Must run before any other JAX call. Returns True if initialised here. In "auto" mode a
+    failure is logged and the run continues as a single process.
     """
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"distributed mode must be 'auto', 'always' or 'never', got {mode!r}")
-    if mode == "never":
+    if mode == "never" or (mode == "auto" and not _launched_as_multiprocess()):
         return False
-    if mode == "auto":
-        hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-        multi = any(os.environ.get(k) for k in _MULTIHOST_ENV if k not in ("TPU_WORKER_HOSTNAMES",
-                                                                            "SLURM_NTASKS"))
-        multi = multi or len([h for h in hosts.split(",") if h]) > 1
-        multi = multi or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
-        if not multi:
-            return False
     try:
         jax.distributed.initialize()
     except (RuntimeError, ValueError) as err:

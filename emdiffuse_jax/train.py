@@ -228,9 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      enabled=is_main)
     writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
     t_last, step_last, t_first = time.time(), step, None
-    batches = _batches(train_source, config, step)
-    try:
-        with _PreemptionFlag() as preempt:
+    with _PreemptionFlag() as preempt:
+        batches = _batches(train_source, config, step)
+        try:
             for data_step, local in batches:
                 assert data_step == step
                 state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), base_key)
@@ -280,11 +280,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     break
                 if step >= config.num_steps:
                     break
-    finally:
-        batches.close()
-        ckpt.close()
-        if writer is not None:
-            writer.close()
+        finally:
+            batches.close()
+            ckpt.close()
+            if writer is not None:
+                writer.close()
     return state
 
 

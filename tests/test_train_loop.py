@@ -2,6 +2,8 @@
 identity checks, the inference loader, and the files a run leaves in its workdir."""
 
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -120,3 +122,34 @@ def test_few_steps_lower_the_loss_on_a_fixed_batch():
         state, _ = programs.train_step(state, global_batch, key)
     after = float(fixed_loss(state.params))
     assert after < 0.7 * before, (before, after)
+
+
+def test_sigterm_saves_the_current_step_and_stops_cleanly(tmp_path, monkeypatch):
+    class TerminatedSource(StripeSource):
+        def batch(self, seed, step, *args):
+            if step == 2:   # the scheduler's preemption notice arrives while batches are being prepared
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().batch(seed, step, *args)
+
+    config = tiny_config()
+    handler_before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train, "build_sources", lambda c: (TerminatedSource("denoise", 32),
+                                                           StripeSource("denoise", 32, offset=10 ** 6)))
+    state = train.train_and_evaluate(config, str(tmp_path))
+    stopped = int(state.step)
+    assert 1 <= stopped < config.num_steps
+    assert checkpointing.load_model(tmp_path).meta["step"] == stopped
+    assert signal.getsignal(signal.SIGTERM) == handler_before   # the previous handler is back
+
+
+def test_init_from_a_trained_workdir_starts_from_its_weights(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_sources", stripe_sources)
+    config = tiny_config()
+    config.init_from = str(runs["full"])
+    config.num_steps = 1
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 1
+    assert _losses(tmp_path)[1] < 0.8 * _losses(runs["full"])[1]   # same batch and key as the source's step 1
+    config.model.inner_channel = 32
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="do not fit"):
+        train.train_and_evaluate(config, str(tmp_path / "other"))

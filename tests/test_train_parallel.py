@@ -68,3 +68,15 @@ def test_sharded_step_equals_single_device_step():
     for tree_8, tree_1 in [(state_8.params, state_1.params), (state_8.ema_params, state_1.ema_params)]:
         for a, b in zip(jax.tree.leaves(tree_8), jax.tree.leaves(tree_1)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0.01 * lr)
+
+
+def test_distributed_initialisation_is_skipped_off_cluster(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
+                 "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert parallel.maybe_initialize_distributed("auto") is False
+    assert parallel.maybe_initialize_distributed("never") is False
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")   # a single-host TPU VM
+    assert parallel.maybe_initialize_distributed("auto") is False
+    with pytest.raises(ValueError, match="distributed mode"):
+        parallel.maybe_initialize_distributed("sometimes")
