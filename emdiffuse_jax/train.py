@@ -160,10 +160,11 @@ def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
 
 
 @functools.lru_cache(maxsize=4)
-def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int) -> Any:
+def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str) -> Any:
     """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
+    dtype = jnp.dtype(compute_dtype)
     return jax.jit(evaluation.make_validation_fn(
-        lambda p: models.make_denoise_fn(unet, p), schedules.make_schedule(**dict(test_schedule)), vem=vem,
+        lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
         num_samples=num_samples))
 
 
@@ -220,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     base_key = jax.device_put(train_key, parallel.replicated(mesh))
     if config.eval.every_steps:
         test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
-        validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples))
+        validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
+                                    config.compute_dtype)
         val_batch = parallel.replicated_batch(
             val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
 
