@@ -26,12 +26,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from emdiffuse_jax.data import tiling
-from emdiffuse_jax.diffusion import samplers
+from emdiffuse_jax.diffusion import samplers, schedules
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 20}
-# The reference's inference schedule (section 3.1); the step count is replaced per sampler.
-TEST_SCHEDULE = dict(kind="linear", n_timestep=1000, linear_start=1e-4, linear_end=0.09)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +45,7 @@ class SamplerSpec:
     eta: float = 0.0
     spacing: str = "logsnr"
     clip_x0: bool = True
-    schedule: tuple = tuple(TEST_SCHEDULE.items())
+    schedule: tuple = tuple(schedules.TEST_SCHEDULE.items())
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
@@ -67,8 +65,6 @@ class SamplerSpec:
 
 def make_sample_fn(spec: SamplerSpec) -> Callable:
     """sample(denoise, cond, key, slice_index) -> y0 (B, H, W, 1) for the sampler described by `spec`."""
-    from emdiffuse_jax.diffusion import schedules
-
     base = dict(spec.schedule)
     if spec.name == "ddpm":
         schedule = schedules.make_schedule(**{**base, "n_timestep": spec.steps})

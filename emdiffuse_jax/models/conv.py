@@ -4,7 +4,6 @@ Kept as one function so that its gradient can be specialised for speed in a sing
 """
 
 import jax
-import jax.numpy as jnp
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
