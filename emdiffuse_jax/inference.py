@@ -23,8 +23,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from emdiffuse_jax import parallel
 from emdiffuse_jax.data import tiling
 from emdiffuse_jax.diffusion import samplers, schedules
 
@@ -110,10 +110,9 @@ class Restorer:
         if batch_per_device < 1:
             raise ValueError(f"batch_per_device must be >= 1, got {batch_per_device}")
         self.devices = list(jax.local_devices() if devices is None else devices)
-        # Minimal 1-axis mesh over the local devices (inference only; training meshes live in parallel.py).
-        self.mesh = Mesh(np.asarray(self.devices), ("batch",), axis_types=(AxisType.Auto,))
+        self.mesh = parallel.make_mesh(devices=self.devices)
         self.batch_per_device = int(batch_per_device)
-        rows, repl = NamedSharding(self.mesh, P("batch")), NamedSharding(self.mesh, P())
+        rows, repl = parallel.batch_sharding(self.mesh), parallel.replicated(self.mesh)
         self.params = jax.device_put(params, repl)
 
         def run(params, cond, key_data, slice_index):
