@@ -146,3 +146,42 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     _write_atomic(output / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     return report
 
+
+
+def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.PathLike, block: int):
+    """Held-out (mean, std, target) in [0, 1] units as (N, block, block) arrays, from a predict.py output.
+
+    predictions: the output folder of `restore_files` (needs report.json, <name>_mean.tif, <name>_std.tif,
+    i.e. K >= 2); target: the ground-truth image, stack or folder, whose images match the predicted ones by
+    name and shape. Every image is cut into non-overlapping block x block squares (incomplete border
+    squares are dropped); each square is one calibration unit.
+    """
+    predictions = pathlib.Path(predictions)
+    report_path = predictions / "report.json"
+    if not report_path.exists():
+        raise io.DataError(f"{predictions}: no report.json; pass the output folder of a finished launch/predict.py")
+    entries = {e["name"]: e for e in json.loads(report_path.read_text())["images"]}
+    targets = dict(list_inputs(target))
+    missing = sorted(set(entries) - set(targets))
+    if missing:
+        raise io.DataError(f"{target}: no ground truth for predicted images {missing[:5]}; name the targets "
+                           "like the inputs given to predict.py")
+    means, stds, gts = [], [], []
+    for name, entry in entries.items():
+        if entry.get("score") is None:
+            raise io.DataError(f"{predictions}: {name} was predicted with K=1; calibration needs K >= 2")
+        params = normalize.NormParams.from_dict(entry["normalization"])
+        mean = io.read_image(predictions / f"{name}_mean.tif")
+        std = io.read_image(predictions / f"{name}_std.tif").astype(np.float64)
+        gt = targets[name]()
+        if gt.shape != mean.shape:
+            raise io.DataError(f"{target} ({name}): ground truth shape {gt.shape} differs from the prediction "
+                               f"{mean.shape}")
+        unit = lambda x: (normalize.apply_normalization(x, params).astype(np.float64) + 1.0) / 2.0  # noqa: E731
+        h, w = (mean.shape[0] // block) * block, (mean.shape[1] // block) * block
+        if h == 0 or w == 0:
+            raise io.DataError(f"{predictions} ({name}): image {mean.shape} smaller than the {block} px block")
+        for arr, out in ((unit(mean), means), (std, stds), (unit(gt), gts)):
+            out.append(arr[:h, :w].reshape(h // block, block, w // block, block).swapaxes(1, 2)
+                       .reshape(-1, block, block))
+    return np.concatenate(means), np.concatenate(stds), np.concatenate(gts)
