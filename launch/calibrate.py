@@ -83,11 +83,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from emdiffuse_jax import restore, uncertainty
 
-    mean, std, target = restore.load_calibration_blocks(_PREDICTIONS.value, _TARGET.value, _BLOCK.value)
-    scores = std.reshape(len(std), -1).mean(axis=1)
-    errors = np.abs(mean - target).reshape(len(mean), -1).mean(axis=1)
-    rcps = uncertainty.rcps_calibrate(mean, std, target, alpha=_ALPHA.value, delta=_DELTA.value)
-    thr = uncertainty.calibrate_threshold(scores, errors, _TOLERANCE.value)
+    try:  # bad input or an impossible calibration: message, no traceback
+        mean, std, target = restore.load_calibration_blocks(_PREDICTIONS.value, _TARGET.value, _BLOCK.value)
+        scores = std.reshape(len(std), -1).mean(axis=1)
+        errors = np.abs(mean - target).reshape(len(mean), -1).mean(axis=1)
+        rcps = uncertainty.rcps_calibrate(mean, std, target, alpha=_ALPHA.value, delta=_DELTA.value)
+        thr = uncertainty.calibrate_threshold(scores, errors, _TOLERANCE.value)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     out = pathlib.Path(_OUTPUT.value)
     out.mkdir(parents=True, exist_ok=True)
     result = {"blocks": len(scores), "block": _BLOCK.value, "units": "[0, 1] intensity units",

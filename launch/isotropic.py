@@ -42,22 +42,25 @@ def main(argv):
         raise app.UsageError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
     from emdiffuse_jax import checkpointing, inference, restore, volume
 
-    spec = inference.SamplerSpec(_SAMPLER.value, _STEPS.value)
-    loaded = checkpointing.load_model(_CHECKPOINT.value)
-    if not loaded.unet.vem:
-        raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use launch/predict.py, or "
-                             "pass a vEMDiffuse-i/-a checkpoint")
-    trained_z = loaded.meta.get("z_factor")
-    if trained_z and int(trained_z) != _Z.value:
-        raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
-                             f"it), got --z_factor={_Z.value}")
-    restorer = restore.make_restorer(loaded, spec, _BATCH.value)
-    volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=_NUM_SAMPLES.value,
-                       seed=_SEED.value, tile=_TILE.value, overlap=_OVERLAP.value, harmonize=_HARMONIZE.value,
-                       fmt=_FORMAT.value, normalization=_NORMALIZATION.value, threshold=_THRESHOLD.value,
-                       dataset=_DATASET.value,
-                       settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
-                                 "sampler": spec.to_dict()})
+    try:
+        spec = inference.SamplerSpec(_SAMPLER.value, _STEPS.value)
+        loaded = checkpointing.load_model(_CHECKPOINT.value)
+        if not loaded.unet.vem:
+            raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use launch/predict.py, or "
+                                 "pass a vEMDiffuse-i/-a checkpoint")
+        trained_z = loaded.meta.get("z_factor")
+        if trained_z and int(trained_z) != _Z.value:
+            raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
+                                 f"it), got --z_factor={_Z.value}")
+        restorer = restore.make_restorer(loaded, spec, _BATCH.value)
+        volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=_NUM_SAMPLES.value,
+                           seed=_SEED.value, tile=_TILE.value, overlap=_OVERLAP.value, harmonize=_HARMONIZE.value,
+                           fmt=_FORMAT.value, normalization=_NORMALIZATION.value, threshold=_THRESHOLD.value,
+                           dataset=_DATASET.value,
+                           settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                                     "sampler": spec.to_dict()})
+    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

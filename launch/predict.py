@@ -42,16 +42,19 @@ def main(argv):
         raise app.UsageError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
     from emdiffuse_jax import checkpointing, inference, restore
 
-    spec = inference.SamplerSpec(_SAMPLER.value, _STEPS.value, eta=_ETA.value)
-    loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
-    if loaded.unet.vem:
-        raise app.UsageError(f"{_CHECKPOINT.value} is a volume (vEM) model; use launch/isotropic.py")
-    restorer = restore.make_restorer(loaded, spec, _BATCH.value)
-    restore.restore_files(
-        restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=_NUM_SAMPLES.value,
-        seed=_SEED.value, tile=_TILE.value, overlap=_OVERLAP.value, harmonize=_HARMONIZE.value,
-        keep_samples=_SAVE_SAMPLES.value, normalization=_NORMALIZATION.value, threshold=_THRESHOLD.value,
-        settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()})
+    try:
+        spec = inference.SamplerSpec(_SAMPLER.value, _STEPS.value, eta=_ETA.value)
+        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
+        if loaded.unet.vem:
+            raise app.UsageError(f"{_CHECKPOINT.value} is a volume (vEM) model; use launch/isotropic.py")
+        restorer = restore.make_restorer(loaded, spec, _BATCH.value)
+        restore.restore_files(
+            restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=_NUM_SAMPLES.value,
+            seed=_SEED.value, tile=_TILE.value, overlap=_OVERLAP.value, harmonize=_HARMONIZE.value,
+            keep_samples=_SAVE_SAMPLES.value, normalization=_NORMALIZATION.value, threshold=_THRESHOLD.value,
+            settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()})
+    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Few-step samplers on the continuous noise level (not in the reference; it only has ancestral DDPM).
+#
+# Both walk an increasing grid of noise levels gammas[0] (almost pure noise) ... gammas[-1] (almost clean),
+# evaluate the network once per grid point (len(gammas) evaluations in total) and return the clamped x0
+# prediction at the last point, exactly as the reference's DDPM returns the clamped x0 of its last step.
+# Per-step coefficients are computed once in float64 NumPy (the grid is static) and scanned in float32.
+
+
+def respaced_gammas(schedule, steps: int) -> np.ndarray:
+    """`steps` noise levels of `schedule`, evenly spaced in step index, noisiest first (float64)."""
+    gammas = np.asarray(schedule.gammas, np.float64)
+    if not 2 <= steps <= len(gammas):
+        raise ValueError(f"steps must be in [2, {len(gammas)}] for this schedule, got {steps}")
+    index = np.round(np.linspace(len(gammas) - 1, 0, steps)).astype(int)
+    return gammas[index]
+
+
+def logsnr_gammas(schedule, steps: int) -> np.ndarray:
+    """`steps` noise levels between the schedule's end points, evenly spaced in log-SNR, noisiest first.
+
+    The log-SNR of gamma is log(gamma / (1 - gamma)). The noisiest level is clipped at the schedule's value
+    or 1e-8 (whichever is larger): below it the input is pure noise for any practical purpose and an even
+    log-SNR grid would waste steps there.
+    """
+    gammas = np.asarray(schedule.gammas, np.float64)
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    lo, hi = max(gammas.min(), 1e-8), gammas.max()
+    logsnr = np.linspace(np.log(lo / (1 - lo)), np.log(hi / (1 - hi)), steps)
+    return 1.0 / (1.0 + np.exp(-logsnr))
+
+
+def _check_gammas(gammas) -> np.ndarray:
+    gammas = np.asarray(gammas, np.float64)
+    if gammas.ndim != 1 or len(gammas) < 2:
+        raise ValueError(f"gammas must be a 1-D grid of at least 2 noise levels, got shape {gammas.shape}")
+    if not (np.all(np.diff(gammas) > 0) and gammas[0] > 0 and gammas[-1] < 1):
+        raise ValueError("gammas must increase strictly inside (0, 1): noisiest level first, cleanest last")
+    return gammas
+
+
+def _x0_from_eps(y, eps, gamma, clip_x0: bool):
+    """Data prediction x0 = (y - sqrt(1 - gamma) eps) / sqrt(gamma), optionally clamped to [-1, 1]."""
+    x0 = y / jnp.sqrt(gamma) - jnp.sqrt(1.0 / gamma - 1.0) * eps
+    return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
+
+def _predict(denoise, cond, y, gamma, slice_index):
+    batch_gamma = jnp.full((y.shape[0],), gamma, y.dtype)
+    return denoise(jnp.concatenate([cond, y], axis=-1), batch_gamma, slice_index)
+
+
+def ddim_sample(denoise, cond, key, gammas, *, eta: float = 0.0, slice_index=None, clip_x0: bool = True):
+    """DDIM (Song et al. 2021) on a grid of continuous noise levels; eta=0 is deterministic given the key.
+
+    denoise(x, gamma, slice_index) predicts the noise for x = [cond, noisy target] (NHWC); cond (B,H,W,C)
+    in [-1, 1]; gammas: increasing grid (see `respaced_gammas`); eta in [0, 1] scales the fresh noise
+    injected per step (eta=1 matches the ancestral posterior variance). Returns y0 (B,H,W,1).
+    When x0 is clamped the noise estimate is re-derived from the clamped x0, so the step stays consistent.
+    """
+    g = _check_gammas(gammas)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    g_t, g_s = g[:-1], g[1:]
+    sigma = eta * np.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
+    dir_coef = np.sqrt(np.maximum(1 - g_s - sigma**2, 0.0))
+    xs = tuple(jnp.asarray(a, cond.dtype) for a in (g_t, np.sqrt(g_s), dir_coef, sigma))
+    k_init, k_steps = jax.random.split(key)
+    y = jax.random.normal(k_init, cond.shape[:-1] + (1,), cond.dtype)
+
+    def step(y, inputs):
+        (gamma, sqrt_gs, dir_c, sig), k = inputs
+        eps = _predict(denoise, cond, y, gamma, slice_index)
+        x0 = _x0_from_eps(y, eps, gamma, clip_x0)
+        if clip_x0:
+            eps = (y - jnp.sqrt(gamma) * x0) / jnp.sqrt(1.0 - gamma)
+        y = sqrt_gs * x0 + dir_c * eps + sig * jax.random.normal(k, y.shape, y.dtype)
+        return y, None
+
+    y, _ = jax.lax.scan(step, y, (xs, jax.random.split(k_steps, len(g_t))))
+    g_last = jnp.asarray(g[-1], cond.dtype)
+    return _x0_from_eps(y, _predict(denoise, cond, y, g_last, slice_index), g_last, clip_x0)
+
+
+def dpm_solver_sample(denoise, cond, key, gammas, *, slice_index=None, clip_x0: bool = True):
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep ODE solver in data prediction.
+
+    With alpha = sqrt(gamma), sigma = sqrt(1 - gamma), lambda = log(alpha / sigma) and h = lambda_s - lambda_t,
+    one step from level t to the cleaner level s is
+        y_s = (sigma_s / sigma_t) y_t - alpha_s expm1(-h) D,
+    D = x0_t on the first step and D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev afterwards, r = h_prev / h.
+    Deterministic given the key (which only draws the initial noise, as `ddim_sample` does). Same arguments as `ddim_sample`;
+    clip_x0 clamps every data prediction to [-1, 1] (the reference's x0 clamping).
+    """
+    g = _check_gammas(gammas)
+    lam = 0.5 * (np.log(g) - np.log1p(-g))
+    h = np.diff(lam)
+    ratio = np.sqrt((1 - g[1:]) / (1 - g[:-1]))
+    coef = -np.sqrt(g[1:]) * np.expm1(-h)
+    r = np.concatenate([[np.inf], h[:-1] / h[1:]])
+    c_prev = -0.5 / r  # 0 on the first step: first order
+    c_cur = 1.0 - c_prev
+    xs = tuple(jnp.asarray(a, cond.dtype) for a in (g[:-1], ratio, coef, c_cur, c_prev))
+    y = jax.random.normal(jax.random.split(key)[0], cond.shape[:-1] + (1,), cond.dtype)
+
+    def step(carry, inputs):
+        y, x0_prev = carry
+        gamma, rat, cf, cc, cp = inputs
+        x0 = _x0_from_eps(y, _predict(denoise, cond, y, gamma, slice_index), gamma, clip_x0)
+        y = rat * y + cf * (cc * x0 + cp * x0_prev)
+        return (y, x0), None
+
+    (y, _), _ = jax.lax.scan(step, (y, jnp.zeros_like(y)), xs)
+    g_last = jnp.asarray(g[-1], cond.dtype)
+    return _x0_from_eps(y, _predict(denoise, cond, y, g_last, slice_index), g_last, clip_x0)
