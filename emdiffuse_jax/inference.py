@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emdiffuse_jax import parallel
-from emdiffuse_jax.data import tiling
+from emdiffuse_jax.data import degrade, tiling
 from emdiffuse_jax.diffusion import samplers, schedules
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
@@ -197,25 +197,19 @@ def _stitch(samples: np.ndarray, cond_tiles: np.ndarray, origins, shape, window,
     return mean.astype(np.float32), std.astype(np.float32), stitched
 
 
-def upsample2x(image: np.ndarray) -> np.ndarray:
-    """Bilinear 2x upsampling with half-pixel centres (the reference's super-resolution network input)."""
-    h, w = image.shape
-    return np.asarray(jax.image.resize(jnp.asarray(image, jnp.float32), (2 * h, 2 * w), "linear"))
-
-
 def predict_image(restorer: Restorer, image: np.ndarray, key: jax.Array, *, num_samples: int = 2,
                   tile: int = 256, overlap: float = 32, harmonize: bool = False, keep_samples: bool = False,
                   upscale: int = 1, name: str = "image", progress=None) -> Prediction:
     """Restores one 2D image in [-1, 1] (any size): denoising (upscale=1) or 2x super-resolution (upscale=2).
 
-    For super-resolution the image is first upsampled bilinearly, as the reference feeds its network.
+    For super-resolution the image is first upsampled bilinearly (half-pixel centres), as in training.
     """
     image = _check_image(image, name)
     _check_samples(num_samples)
     if upscale not in (1, 2):
         raise ValueError(f"upscale must be 1 or 2, got {upscale}")
     start = time.perf_counter()
-    cond_image = upsample2x(image) if upscale == 2 else image
+    cond_image = degrade.upsample2_bilinear(image).astype(np.float32) if upscale == 2 else image
     tiles, origins = tiling.extract_tiles(cond_image[..., None], (tile, tile), overlap)
     t, k = len(tiles), num_samples
     tile_ids, sample_ids = np.repeat(np.arange(t), k), np.tile(np.arange(k), t)

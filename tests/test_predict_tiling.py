@@ -133,3 +133,12 @@ def test_bad_images_are_rejected(identity, bad, match):
 def test_fewer_than_one_sample_is_rejected(identity):
     with pytest.raises(ValueError, match="num_samples"):
         inference.predict_image(identity, np.zeros((8, 8), np.float32), jax.random.key(0), num_samples=0)
+
+
+def test_superres_restores_the_bilinearly_upsampled_input_at_twice_the_size(identity):
+    from emdiffuse_jax.data import degrade
+
+    image = smooth_image(20, 24)
+    pred = inference.predict_image(identity, image, jax.random.key(0), num_samples=1, tile=32, overlap=8, upscale=2)
+    assert pred.mean.shape == (40, 48)
+    np.testing.assert_allclose(pred.mean, degrade.upsample2_bilinear(image), atol=1e-5)
