@@ -123,7 +123,6 @@ class Restorer:
             return jax.vmap(one)(cond, key_data, slice_index)
 
         self._run = jax.jit(run, in_shardings=(repl, rows, rows, rows), out_shardings=rows)
-        self.network_evals = 0
 
     def sample(self, cond: np.ndarray, key_data: np.ndarray, slice_index: np.ndarray | None = None,
                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -139,11 +138,11 @@ class Restorer:
                 result = np.asarray(self._run(self.params, jnp.asarray(cond[idx], jnp.float32),
                                               jnp.asarray(key_data[idx]), si))
             except Exception as err:  # XLA reports device OOM as a runtime error
-                if not _is_out_of_memory(err) or self.batch_per_device == 1:
-                    if _is_out_of_memory(err):
-                        raise MemoryError(f"one {cond.shape[1]}x{cond.shape[2]} tile per device does not fit "
-                                          "in memory; use a smaller --tile") from err
+                if not _is_out_of_memory(err):
                     raise
+                if self.batch_per_device == 1:
+                    raise MemoryError(f"one {cond.shape[1]}x{cond.shape[2]} tile per device does not fit in "
+                                      "memory; use a smaller --tile") from err
                 self.batch_per_device //= 2
                 logging.warning("out of memory at %d rows per call; retrying with %d rows per device",
                                 size, self.batch_per_device)

@@ -111,7 +111,8 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         pred = inference.predict_image(restorer, normalize.apply_normalization(raw, params),
                                        jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
                                        overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
-                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})")
+                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})",
+                                       progress=lambda done, total: log(f"  {name}: {done}/{total} tile samples"))
         mean = normalize.denormalize(np.clip(pred.mean, -1, 1), params)
         std = (pred.std / 2.0).astype(np.float32)
         files = {f"{name}_mean.tif": mean, f"{name}_std.tif": std}

@@ -134,7 +134,9 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         earlier, later = (normalize.apply_normalization(volume[j], params) for j in (i, i + 1))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
-                                         harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}")
+                                         harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}",
+                                         progress=lambda done, total: log(f"  slab {i + 1}: {done}/{total} "
+                                                                          "tile samples"))
         mean_store.write(i * z_factor, volume[i])
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):

@@ -171,8 +171,8 @@ def dpm_solver_sample(denoise, cond, key, gammas, *, slice_index=None, clip_x0: 
     one step from level t to the cleaner level s is
         y_s = (sigma_s / sigma_t) y_t - alpha_s expm1(-h) D,
     D = x0_t on the first step and D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev afterwards, r = h_prev / h.
-    Deterministic given the key (which only draws the initial noise, as `ddim_sample` does). Same arguments as `ddim_sample`;
-    clip_x0 clamps every data prediction to [-1, 1] (the reference's x0 clamping).
+    Deterministic given the key, which only draws the initial noise (the same draw as `ddim_sample`). Same
+    arguments as `ddim_sample`; clip_x0 clamps every data prediction to [-1, 1] (the reference's x0 clamping).
     """
     g = _check_gammas(gammas)
     lam = 0.5 * (np.log(g) - np.log1p(-g))
