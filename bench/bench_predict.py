@@ -78,7 +78,9 @@ def main(argv):
         print(f"{name:>8} {steps:>6} {evals:>12,} {seconds / 60:>9.1f} min")
     if _MEASURE.value > 0:
         spec = inference.SamplerSpec("dpm", _MEASURE.value)
-        restorer = inference.Restorer(apply, params, inference.make_sample_fn(spec), batch_per_device=best_batch)
+        rows_total = n_tiles * _NUM_SAMPLES.value
+        restorer = inference.Restorer(apply, params, inference.make_sample_fn(spec),
+                                      batch_per_device=max(1, min(best_batch, rows_total // len(jax.local_devices()))))
         image = np.zeros((_IMAGE.value, _IMAGE.value), np.float32)
         t0 = time.perf_counter()
         pred = inference.predict_image(restorer, image, jax.random.key(0), num_samples=_NUM_SAMPLES.value,
