@@ -63,6 +63,8 @@ def test_slice_folder_is_read_in_natural_order_lazily_and_untouched(tmp_path):
     assert np.array_equal(io.read_volume(tmp_path), vol)  # lexical order would put 10, 11 after 1
     lazy = io.read_volume(tmp_path, lazy=True)
     assert isinstance(lazy, io.LazyVolume) and np.array_equal(lazy[9:12, 2], vol[9:12, 2])
+    for index in [(..., 3), (-1, slice(2, 5)), ([0, 11], ..., slice(None, None, 2)), (slice(5, 5),)]:
+        assert np.array_equal(lazy[index], vol[index])
     assert {p: _fingerprint(p) for p in tmp_path.iterdir()} == before
 
 
@@ -141,3 +143,22 @@ def test_slice_folder_with_mismatched_slice_names_the_folder(tmp_path):
     tifffile.imwrite(tmp_path / "1.tif", np.zeros((8, 9), np.uint8))
     with pytest.raises(io.DataError, match="slice 1 has shape"):
         io.read_volume(tmp_path)
+
+
+def test_ome_zarr_group_reads_full_resolution_level(tmp_path):
+    import zarr
+
+    vol = np.random.default_rng(7).integers(0, 65535, (4, 24, 24), dtype=np.uint16)
+    group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
+    group.create_array("0", data=vol, chunks=(1, 24, 24))
+    group.create_array("1", data=vol[:, ::2, ::2], chunks=(1, 12, 12))
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}, {"path": "1"}]}]
+    assert np.array_equal(io.read_volume(tmp_path / "img.ome.zarr"), vol)
+    assert io.read_volume(tmp_path / "img.ome.zarr", dataset="1").shape == (4, 12, 12)
+
+
+def test_lazy_volume_auto_mode_loads_small_volumes_into_memory(tmp_path):
+    vol = np.random.default_rng(8).integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    io.write_tiff(tmp_path / "s.tif", vol)
+    out = io.read_volume(tmp_path / "s.tif", lazy=None)
+    assert isinstance(out, np.ndarray) and np.array_equal(out, vol)

@@ -35,6 +35,7 @@ def test_batches_are_a_pure_function_of_seed_step_and_process(task, z, channels)
     other_seed = a.batch(8, 11, 0, 1, 4)
     assert not np.array_equal(later["target"], other_step["target"])
     assert not np.array_equal(later["target"], other_seed["target"])
+    assert a.batch(-1, 0, 0, 1, 1)["cond"].shape[0] == 1  # negative seeds (the reference's -1) work
 
 
 def test_processes_get_disjoint_shares_of_the_same_global_batch():
@@ -148,3 +149,27 @@ def test_bad_inputs_name_the_file(tmp_path):
         build_train_source("vem_i", tmp_path / "one.tif", patch_size=32, z_factor=2)
     with pytest.raises(ValueError, match="task 'iso' unknown"):
         build_train_source("iso", patch_size=32)
+
+
+def test_prefetching_iterator_yields_the_same_batches_from_any_start_step():
+    from emdiffuse_jax.data.pipeline import iterate_batches
+
+    src = build_train_source("superres", patch_size=32)
+    it = iterate_batches(src, seed=4, start_step=7, global_batch=2, prefetch=2, threads=2)
+    for _ in range(3):
+        step, batch = next(it)
+        assert np.array_equal(batch["cond"], src.batch(4, step, 0, 1, 2)["cond"])
+    assert step == 9
+    it.close()
+
+
+def test_16_bit_pairs_smaller_than_a_patch_are_padded_and_percentile_normalised(tmp_path):
+    rng = np.random.default_rng(5)
+    clean = rng.integers(20000, 40000, (3, 50, 40), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "clean.tif", clean, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "noisy.tif", clean // 2 + 100, photometric="minisblack")
+    src = build_train_source("denoise", tmp_path / "noisy.tif", tmp_path / "clean.tif", patch_size=64,
+                             val_fraction=0.34)
+    assert src.norm[0].mode == "percentile" and src.norm[0].dtype == np.dtype(np.uint16).str
+    b = src.batch(0, 0, 0, 1, 2)
+    assert b["cond"].shape == (2, 64, 64, 1) and -1 <= b["target"].min() and b["target"].max() <= 1

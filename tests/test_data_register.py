@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import shared_path
 from scipy import ndimage
+
+from emdiffuse_jax.data import io
 
 from emdiffuse_jax.data.degrade import downsample2, poisson_gaussian
 from emdiffuse_jax.data.phantom import phantom
@@ -38,12 +41,22 @@ def test_noisy_pair_with_global_and_nonrigid_warp_registers_below_half_a_pixel(m
     rng = np.random.default_rng(0)
     clean = phantom((256, 256), seed=5).astype(np.float64) / 255
     moving, g = _known_warp(clean, rng, persp=persp)
-    noisy = poisson_gaussian(moving, rng, dose=30)
+    noisy = poisson_gaussian(moving, rng, dose=100)
     reg = register_pair(noisy, clean, model=model)
     assert reg.ok, reg.reason
     assert _true_rms(reg.coords, g) <= 0.5
     assert reg.residual_px <= 0.5 and reg.ncc > 0.8
     assert np.abs(np.array(reg.shift) - (4.7, -4.2)).max() < 2.5  # near the true centre displacement
+
+
+def test_real_sstem_crop_with_known_warp_and_noise_registers_below_half_a_pixel():
+    crop = io.read_volume(shared_path("data", "sstem-vnc-30.tif"), lazy=True)[10, 100:356, 100:356]
+    clean = crop.astype(np.float64) / 255
+    rng = np.random.default_rng(2)
+    moving, g = _known_warp(clean, rng, angle=-1.0, scale=0.985, shift=(-4.2, 6.1))
+    reg = register_pair(poisson_gaussian(moving, rng, dose=30), clean)
+    assert reg.ok, reg.reason
+    assert _true_rms(reg.coords, g) <= 0.5 and reg.residual_px <= 0.5
 
 
 def test_superres_pair_registers_on_the_half_resolution_grid():

@@ -8,10 +8,12 @@ Readers never modify their input; writers refuse to overwrite unless asked.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
 import re
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -150,12 +152,17 @@ class LazyVolume:
     Supports `shape`, `dtype`, `ndim`, `len`, numpy-style `[...]` indexing and `np.asarray`.
     """
 
-    def __init__(self, shape: Sequence[int], dtype: Any, load_slice: Callable[[int], np.ndarray], name: str):
+    def __init__(self, shape: Sequence[int], dtype: Any, load_slice: Callable[[int], np.ndarray], name: str,
+                 cache_bytes: int = 256 << 20):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.ndim = 3
         self.name = name
         self._load_slice = load_slice
+        plane = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()  # prefetching threads share the cache
+        self._cache_slices = max(1, cache_bytes // max(plane, 1))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -164,22 +171,36 @@ class LazyVolume:
         return f"LazyVolume({self.name}, shape={self.shape}, dtype={self.dtype})"
 
     def _slice(self, z: int) -> np.ndarray:
+        """Slice z, from a small LRU cache (neighbouring samples share slices)."""
+        with self._lock:
+            if z in self._cache:
+                self._cache.move_to_end(z)
+                return self._cache[z]
         plane = self._load_slice(z)
         if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
             raise DataError(f"{self.name}: slice {z} has shape {plane.shape} {plane.dtype}, expected "
                             f"{self.shape[1:]} {self.dtype}; all slices must match")
-        return check_array(plane, f"{self.name} (slice {z})")
+        plane = check_array(plane, f"{self.name} (slice {z})")
+        plane.setflags(write=False)
+        with self._lock:
+            self._cache[z] = plane
+            if len(self._cache) > self._cache_slices:
+                self._cache.popitem(last=False)
+        return plane
 
     def __getitem__(self, index) -> np.ndarray:
-        if not isinstance(index, tuple):
-            index = (index,)
+        index = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis for i in index):
+            at = next(k for k, i in enumerate(index) if i is Ellipsis)
+            fill = (slice(None),) * (3 - (len(index) - 1))
+            index = index[:at] + fill + index[at + 1:]
         zi, rest = index[0], index[1:]
         if isinstance(zi, (int, np.integer)):
-            return self._slice(range(self.shape[0])[zi])[rest]
+            return np.array(self._slice(range(self.shape[0])[zi])[rest])
         zs = np.arange(self.shape[0])[zi]
-        out = np.stack([self._slice(int(z))[rest] for z in zs]) if len(zs) else \
-            np.empty((0,) + np.empty(self.shape[1:])[rest].shape, self.dtype)
-        return out
+        if not len(zs):
+            return np.zeros((0,) + np.zeros(self.shape[1:], np.uint8)[rest].shape, self.dtype)
+        return np.stack([self._slice(int(z))[rest] for z in zs])
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
@@ -259,13 +280,22 @@ def _check_volume_shape(shape: Sequence[int], name: Any) -> None:
                         "(pass a stack or a folder of slices)")
 
 
-def read_volume(path: str | os.PathLike, *, lazy: bool = False, dataset: str | None = None):
+AUTO_LAZY_BYTES = 1 << 30
+
+
+def read_volume(path: str | os.PathLike, *, lazy: bool | None = False, dataset: str | None = None):
     """A (Z, Y, X) volume from a multi-page TIFF, a folder of slices (natural order), Zarr/OME-Zarr or N5.
 
-    lazy=True returns an array-like that reads slices (or chunks) on demand; otherwise a numpy array.
-    `dataset` picks the array inside a Zarr group or N5 container. Needs at least 2 slices.
+    lazy=True returns an array-like that reads slices (or chunks) on demand; False a numpy array; None
+    decides by size (lazy above 1 GiB). `dataset` picks the array inside a Zarr group or N5 container.
+    Needs at least 2 slices.
     """
     path = _existing(path)
+    if lazy is None:
+        probe = read_volume(path, lazy=True, dataset=dataset)
+        if int(np.prod(probe.shape)) * np.dtype(probe.dtype).itemsize > AUTO_LAZY_BYTES:
+            return probe
+        lazy = False
     if path.is_dir() and _is_zarr(path):
         array = _open_zarr(path, dataset)
     elif path.is_dir() and _is_n5(path):

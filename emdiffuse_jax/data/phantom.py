@@ -23,8 +23,12 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
     factor = np.clip(np.floor(sigma / 2.0), 1.0, np.maximum(1.0, shape // 8))
     small = np.maximum(1, np.ceil(shape / factor)).astype(int)
     n = ndimage.gaussian_filter(rng.standard_normal(tuple(small)), sigma / factor, mode="wrap")
-    if (small != shape).any():
-        n = ndimage.zoom(n, shape / small, order=1, mode="grid-wrap", grid_mode=True)
+    for axis, (m, size) in enumerate(zip(small, shape)):
+        if m != size:  # separable periodic linear interpolation (much faster than ndimage.zoom)
+            pos = (np.arange(size) + 0.5) * (m / size) - 0.5
+            i0 = np.floor(pos).astype(int)
+            f = (pos - i0).reshape([-1 if a == axis else 1 for a in range(n.ndim)])
+            n = (1 - f) * np.take(n, i0 % m, axis) + f * np.take(n, (i0 + 1) % m, axis)
     std = n.std()
     return (n - n.mean()) / std if std > 1e-6 else np.zeros(tuple(shape))
 

@@ -15,9 +15,10 @@ the volume along the triplet axis (vEM) - never by random patches of the trainin
 
 from __future__ import annotations
 
+import collections
 import functools
 import pathlib
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -34,7 +35,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x + 1.0) * 0.5
 
 
-def _default_mode(dtypes) -> str:
+def default_normalization(dtypes) -> str:
+    """'uint8' (the reference mapping) when all data is 8-bit, else 'percentile'."""
     return "uint8" if all(np.dtype(d) == np.uint8 for d in dtypes) else "percentile"
 
 
@@ -65,8 +67,11 @@ class TrainSource:
         Random crops depend on (seed, step, slot) only; prepared datasets walk a per-epoch permutation by
         the global sample number step * global_batch + slot.
         """
-        rng = np.random.default_rng([int(seed), int(step), int(slot), _SPLIT_TAG[self.split]])
-        cond, target = self._draw(rng, int(seed), int(step) * int(global_batch) + int(slot))
+        seed = int(seed) % (1 << 63)  # numpy seeds must be non-negative (the reference's default is -1)
+        rng = np.random.default_rng([seed, int(step), int(slot), _SPLIT_TAG[self.split]])
+        cond, target = self._draw(rng, seed, int(step) * int(global_batch) + int(slot))
+        # Bounds fitted on a subset of a large volume (minmax) may leave a few values just outside.
+        cond, target = np.clip(cond, -1.0, 1.0), np.clip(target, -1.0, 1.0)
         if self.split == "train":
             cond, target = samples.augment(cond, target, rng, blur_channels=self._blur_channels)
         return cond, target
@@ -93,27 +98,10 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
         raise ValueError(f"super-resolution needs an even patch size, got {p}")
     if not pairs:
         raise io.DataError(f"{description}: no images")
-    for pair in pairs:
-        if min(pair.target.shape) < p:
-            raise io.DataError(f"{pair.name}: image {pair.target.shape} is smaller than the patch size {p}")
-    # Held-out validation: the last images (contiguous, e.g. a slab of a stack) or a strip of one image.
-    regions = []  # (pair index, y0, y1, x0, x1) allowed for patch origins+size, in target pixels
-    if len(pairs) > 1 or val_fraction <= 0:
-        n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * len(pairs))))
-        if n_val >= len(pairs):
-            raise io.DataError(f"{description}: {len(pairs)} images cannot hold out {n_val} for validation")
-        chosen = range(len(pairs) - n_val) if split == "train" else range(len(pairs) - n_val, len(pairs))
-        regions = [(i, 0, pairs[i].target.shape[0], 0, pairs[i].target.shape[1]) for i in chosen]
-    else:
-        h, w = pairs[0].target.shape
-        axis_len = max(h, w)
-        cut, end = samples.holdout_range(axis_len, val_fraction, p, p, f"{pairs[0].name} (one image)")
-        cut -= cut % 2  # keep half-resolution crops aligned
-        lo, hi = (0, cut) if split == "train" else (cut, end)
-        regions = [(0, lo, hi, 0, w)] if h >= w else [(0, 0, h, lo, hi)]
-    if split == "validation" and not regions:
-        raise io.DataError(f"{description}: val_fraction is 0, there is no validation split")
-    mode = normalization or _default_mode([q.target.dtype for q in pairs] +
+    pairs = samples.pad_pairs(pairs, p)
+    regions = samples.split_regions([q.target.shape for q in pairs], split, p, val_fraction, description,
+                                    align=2 if task == "superres" else 1)
+    mode = normalization or default_normalization([q.target.dtype for q in pairs] +
                                           [q.cond.dtype for q in pairs if q.cond is not None])
     used = sorted({r[0] for r in regions})
     norms = {i: (fit_normalization(pairs[i].target, mode),
@@ -153,7 +141,7 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
 # ---------------------------------------------------------------------------------------------- volumes
 
 def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization,
-                   description) -> TrainSource:
+                   description, section_thickness=1) -> TrainSource:
     if z_factor is None or z_factor < 2:
         raise ValueError(f"{task} needs z_factor >= 2 (slices generated between two inputs + 1), got {z_factor}")
     p, z = patch_size, int(z_factor)
@@ -165,15 +153,15 @@ def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, norm
     if d1 - d0 < z + 1:
         raise io.DataError(f"{description}: the {split} part has {d1 - d0} slices along {axis}; "
                            f"a triplet for z_factor {z} needs {z + 1}")
-    mode = normalization or _default_mode([volume.dtype])
+    mode = normalization or default_normalization([volume.dtype])
     norm = fit_normalization(volume, mode)
 
     def draw(rng, seed, index):
         first = int(rng.integers(d0, d1 - z))  # inclusive of the last slice (reference bug 12 fixed)
         y = int(rng.integers(0, geo.height - p + 1))
         x = int(rng.integers(0, geo.width - p + 1))
-        slab = apply_normalization(geo.slab(first, z + 1, y, x, p), norm)
-        return samples.triplet_from_slab(slab)
+        cond, target = samples.triplet(geo, first, z, y, x, p, section_thickness, (d0, d1))
+        return apply_normalization(cond, norm), apply_normalization(target, norm)
 
     num = (d1 - d0 - z) * (geo.height // p) * (geo.width // p)
     return TrainSource(task, split, p, (2, z - 1), num, draw, (0, 1), [norm], description)
@@ -181,7 +169,7 @@ def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, norm
 
 # ---------------------------------------------------------------------------------------------- prepared
 
-def _prepared_source(task, path: pathlib.Path, split, patch_size) -> TrainSource:
+def _prepared_source(task, path: pathlib.Path, split, patch_size, z_factor) -> TrainSource:
     from emdiffuse_jax.data import tfds_builder
 
     ds, info = tfds_builder.open_prepared(path, split)
@@ -190,6 +178,8 @@ def _prepared_source(task, path: pathlib.Path, split, patch_size) -> TrainSource
     if patch_size is not None and info["patch_size"] != patch_size:
         raise io.DataError(f"{path}: prepared with patch size {info['patch_size']}, not {patch_size}; "
                            "prepare it again or use its patch size")
+    if z_factor is not None and task in samples.VOLUME_TASKS and info["z_factor"] != z_factor:
+        raise io.DataError(f"{path}: prepared with z_factor {info['z_factor']}, not {z_factor}")
     n = len(ds)
     if n == 0:
         raise io.DataError(f"{path}: split '{split}' is empty")
@@ -224,11 +214,11 @@ def synthetic_pairs(task: str, patch_size: int, count: int = 4) -> list[samples.
 def synthetic_volume(task: str, patch_size: int, z_factor: int) -> np.ndarray:
     """Built-in volume: isotropic for vem_i; for vem_a anisotropic (sections z_factor pixels thick) with
     fewer slices than the patch size, as real anisotropic stacks often have."""
-    side = patch_size + patch_size // 2
+    side = patch_size + patch_size // 4
     if task == "vem_i":
         depth = max(8 * (z_factor + 1), 32)
         return _phantom_cached((depth, side, side), 2000)
-    depth = max(patch_size // z_factor, 4)
+    depth = max(patch_size // 8, 4)
     return _phantom_cached((depth, max(side, 10 * (z_factor + 1)), side), 3000, (float(z_factor), 1.0, 1.0))
 
 
@@ -242,18 +232,21 @@ def is_prepared(path: str | pathlib.Path | None) -> bool:
     return tfds_builder.find_prepared(pathlib.Path(path)) is not None
 
 
-def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int,
+def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int | None,
                        z_factor: int | None = None, split: str = "train", val_fraction: float = 0.1,
                        normalization: str | None = None, seed: int = 0, degrade: str | None = None,
-                       lazy: bool = False) -> TrainSource:
+                       lazy: bool | None = None, section_thickness: int = 1) -> TrainSource:
     """The training (or held-out validation) sample source for `task`.
 
-    input_path: None = built-in phantoms; a dataset from launch/prepare.py; 2D tasks: an image, a stack,
+    input_path: None = built-in phantoms; a dataset from launch/prepare.py (patch_size None = its own);
+    2D tasks: an image, a stack,
     or a folder (with target_path, or an img/+gt/ or train_wf/+train_gt/ layout; clean images alone get
     inputs by the `degrade` spec, see degrade.parse_degradation); vEM tasks: a volume (TIFF stack, slice
     folder, Zarr, N5) - isotropic for vem_i, anisotropic for vem_a.
     normalization: 'uint8' | 'minmax' | 'percentile' | None (uint8 data -> 'uint8', else 'percentile'),
-    fitted per image / volume. lazy: read volumes slice by slice instead of into memory.
+    fitted per image / volume. lazy: read volumes slice by slice (True), into memory (False), or by
+    size (None: lazy above 1 GiB). section_thickness (vEM): conditioning slices are the mean of that many
+    slices (see samples.triplet).
     `seed` is accepted for symmetry with `batch`; the split itself never depends on it.
     """
     samples.check_task(task)
@@ -261,7 +254,9 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
         raise ValueError(f"split '{split}' unknown; use one of {SPLITS}")
     del seed  # the split is seed-independent so train/validation stay disjoint across runs
     if input_path is not None and is_prepared(input_path):
-        return _prepared_source(task, pathlib.Path(input_path), split, patch_size)
+        return _prepared_source(task, pathlib.Path(input_path), split, patch_size, z_factor)
+    if not patch_size or patch_size < 2:
+        raise ValueError(f"patch_size must be given (>= 2) unless the input is a prepared dataset, got {patch_size}")
     if task in samples.VOLUME_TASKS:
         if target_path is not None:
             raise ValueError(f"{task} takes one volume; target_path must be None")
@@ -269,9 +264,29 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
             volume, desc = synthetic_volume(task, patch_size, z_factor or 0), "built-in phantom volume"
         else:
             volume, desc = io.read_volume(input_path, lazy=lazy), str(input_path)
-        return _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization, desc)
+        return _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization, desc,
+                              section_thickness)
     if input_path is None:
         pairs, desc = synthetic_pairs(task, patch_size), "built-in phantom images"
     else:
         pairs, desc = samples.load_pairs(input_path, target_path, task), str(input_path)
     return _pair_source(task, pairs, split, patch_size, val_fraction, normalization, degrade, desc)
+
+
+def iterate_batches(source: TrainSource, seed: int, start_step: int = 0, *, process_index: int = 0,
+                    process_count: int = 1, global_batch: int = 1, prefetch: int = 2, threads: int = 1):
+    """Yields (step, batch) from `start_step` on, building up to `prefetch` batches ahead in background
+    threads (numpy and scipy release the GIL for most of the work). Same batches as `source.batch`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(step):
+        return source.batch(seed, step, process_index, process_count, global_batch)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        pending = collections.deque(pool.submit(make, s) for s in range(start_step, start_step + prefetch + 1))
+        step = start_step
+        while True:
+            batch = pending.popleft().result()
+            pending.append(pool.submit(make, step + prefetch + 1))
+            yield step, batch
+            step += 1

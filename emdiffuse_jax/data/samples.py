@@ -150,6 +150,23 @@ def load_pairs(input_path, target_path=None, task: str = "denoise") -> list[Imag
     return pairs
 
 
+def pad_pairs(pairs: list[ImagePair], patch: int) -> list[ImagePair]:
+    """Pairs whose images are smaller than a patch, extended by mirror reflection up to the patch size
+    (half of it for half-resolution inputs), like tiles of small images in tiling.py."""
+    from emdiffuse_jax.data.tiling import pad_to
+
+    out = []
+    for q in pairs:
+        h, w = q.target.shape
+        if h >= patch and w >= patch:
+            out.append(q)
+            continue
+        size = (max(h, patch), max(w, patch))
+        cond = None if q.cond is None else pad_to(q.cond, (size[0] // q.scale, size[1] // q.scale))
+        out.append(ImagePair(q.name, pad_to(q.target, size), cond, q.scale))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- geometry
 
 def reflect_index(n: int, length: int) -> np.ndarray:
@@ -163,37 +180,66 @@ def reflect_index(n: int, length: int) -> np.ndarray:
 
 
 class TripletVolume:
-    """Triplet geometry over a volume: 'slices' are taken along `depth_axis`.
+    """Triplet geometry over a (Z, Y, X) volume (numpy or lazy): 'slices' are taken along the depth axis.
 
     vem_i: depth = z of an isotropic volume, images are XY slices.
-    vem_a: depth = y of an anisotropic volume, images are XZ lateral views with z as rows; when the volume
-    has fewer slices than the patch size, the z rows are extended by reflection (see `reflect_index`),
-    in place of the reference's advice to duplicate the volume along z.
+    vem_a: depth = y of an anisotropic volume, images are XZ lateral views with z as rows.
+    Images smaller than the patch are extended by reflection (`reflect_index`); for vem_a this is what
+    makes volumes with fewer slices than the patch size usable, in place of the reference's advice to
+    duplicate the volume along z.
     """
 
     def __init__(self, volume: Any, task: str, patch_size: int):
         self.volume = volume
         self.task = task
         z, y, x = volume.shape
-        if task == "vem_i":
-            self.depth, self.height, self.width = z, y, x
-            self.rows = None
-        else:
-            self.depth, self.width = y, x
-            self.height = max(z, patch_size)
-            self.rows = reflect_index(z, self.height)
-        if self.height < patch_size or self.width < patch_size:
-            raise io.DataError(f"{getattr(volume, 'name', 'volume')}: images of {self.height} x {self.width} "
-                               f"are smaller than the patch size {patch_size}")
+        self.depth, h, w = (z, y, x) if task == "vem_i" else (y, z, x)
+        self.height, self.width = max(h, patch_size), max(w, patch_size)
+        self.rows = reflect_index(h, self.height)
+        self.cols = reflect_index(w, self.width)
 
     def slab(self, first: int, count: int, y: int, x: int, size: int) -> np.ndarray:
         """`count` consecutive depth slices from `first`, cropped at (y, x): (count, size, size), raw dtype."""
+        rows, cols = self.rows[y:y + size], self.cols[x:x + size]
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
         if self.task == "vem_i":
-            return np.asarray(self.volume[first:first + count, y:y + size, x:x + size])
-        rows = self.rows[y:y + size]
-        zs, inverse = np.unique(rows, return_inverse=True)
-        block = np.asarray(self.volume[zs, first:first + count, x:x + size])[inverse]  # (size, count, size)
-        return np.transpose(block, (1, 0, 2))
+            block = np.asarray(self.volume[first:first + count, r0:r1, c0:c1])
+        else:  # read (rows, depth, cols) and put depth first
+            block = np.transpose(np.asarray(self.volume[r0:r1, first:first + count, c0:c1]), (1, 0, 2))
+        return block[:, rows - r0][:, :, cols - c0]
+
+
+def _section(geo: "TripletVolume", center: int, thickness: int, y: int, x: int, size: int,
+             bounds: tuple[int, int]) -> np.ndarray:
+    """Mean of `thickness` slices centred on `center`, mirrored at the ends of `bounds` (so a held-out
+    slab never reads the other split), in the source dtype."""
+    lo_b, hi_b = bounds
+    idx = center - lo_b + np.arange(thickness) - (thickness - 1) // 2
+    n = hi_b - lo_b
+    idx = np.abs(idx)
+    idx = np.clip(np.where(idx >= n, 2 * (n - 1) - idx, idx), 0, n - 1) + lo_b
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    block = geo.slab(lo, hi - lo, y, x, size)[idx - lo].astype(np.float64).mean(axis=0)
+    dtype = np.dtype(geo.volume.dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(block), info.min, info.max).astype(dtype)
+    return block.astype(dtype)
+
+
+def triplet(geo: "TripletVolume", first: int, z: int, y: int, x: int, size: int, thickness: int = 1,
+            bounds: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The sample whose earlier slice is `first`: cond (size, size, 2) [later, earlier] and target
+    (size, size, z-1), source dtype. thickness > 1 makes each conditioning slice the mean of that many
+    slices around it (degrade.z_subsample's section-thickness model, mirrored inside `bounds`, default
+    the whole depth), so that a model trained on an isotropic volume sees inputs like physical
+    sections; targets stay thin."""
+    cond, target = triplet_from_slab(geo.slab(first, z + 1, y, x, size))
+    if thickness > 1:
+        bounds = bounds or (0, geo.depth)
+        cond = np.stack([_section(geo, first + z, thickness, y, x, size, bounds),
+                         _section(geo, first, thickness, y, x, size, bounds)], axis=-1)
+    return cond, target
 
 
 def triplet_from_slab(slab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +265,32 @@ def holdout_range(length: int, fraction: float, minimum: int, need: int, what: s
     return cut, length
 
 
+def split_regions(shapes: Sequence[tuple[int, int]], split: str, patch: int, val_fraction: float,
+                  what: str, align: int = 1) -> list[tuple[int, int, int, int, int]]:
+    """Held-out split of 2D images as regions (image index, y0, y1, x0, x1) that patches lie inside.
+
+    Several images: validation = the last round(val_fraction * n) images (at least 1) in natural order,
+    which for the slices of a stack is a slab, not a random subset of neighbours. One image: validation
+    = a strip at the end of its longer axis (at least one patch). `align` keeps the cut a multiple of it.
+    """
+    if len(shapes) > 1 or val_fraction <= 0:
+        n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * len(shapes))))
+        if n_val >= len(shapes):
+            raise io.DataError(f"{what}: {len(shapes)} images cannot hold out {n_val} for validation; "
+                               "give more images or lower val_fraction")
+        chosen = range(len(shapes) - n_val) if split == "train" else range(len(shapes) - n_val, len(shapes))
+        regions = [(i, 0, shapes[i][0], 0, shapes[i][1]) for i in chosen]
+    else:
+        h, w = shapes[0]
+        cut, end = holdout_range(max(h, w), val_fraction, patch, patch + align - 1, f"{what} (one image)")
+        cut -= cut % align
+        lo, hi = (0, cut) if split == "train" else (cut, end)
+        regions = [(0, lo, hi, 0, w)] if h >= w else [(0, 0, h, lo, hi)]
+    if not regions:
+        raise io.DataError(f"{what}: val_fraction is 0, there is no validation split")
+    return regions
+
+
 # ---------------------------------------------------------------------------------------------- augment
 
 def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, blur_channels: Sequence[int],
@@ -226,9 +298,10 @@ def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, b
     """Reference augmentations, each with probability p: Gaussian blur (sigma 3) of each input channel in
     `blur_channels` independently, vertical flip of everything, rot90 (counter-clockwise) of everything."""
     draws = rng.random(len(blur_channels) + 2)
-    for c, d in zip(blur_channels, draws):
-        if d < p:
-            cond = cond.copy() if not cond.flags.writeable else cond
+    blurred = [c for c, d in zip(blur_channels, draws) if d < p]
+    if blurred:
+        cond = cond.copy()  # never modify the caller's array
+        for c in blurred:
             cond[..., c] = ndimage.gaussian_filter(cond[..., c], BLUR_SIGMA, mode="reflect", truncate=3.0)
     if draws[-2] < p:
         cond, target = cond[::-1], target[::-1]

@@ -12,6 +12,7 @@ builder metadata. Reading: `tfds.builder_from_directory(dir).as_data_source()` (
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import shutil
 import tempfile
@@ -26,14 +27,25 @@ from emdiffuse_jax.data.normalize import NormParams, apply_normalization
 DATASET_NAME = "em_patches"
 
 
+@functools.cache
 def _builder_class():
+    """The builder class, defined on first use so that importing this module does not import TFDS."""
     import tensorflow_datasets as tfds
 
-    class EmPatches(tfds.core.GeneratorBasedBuilder):
+    class EmPatches(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """EM training patches for one task (see module docstring)."""
 
         VERSION = tfds.core.Version("1.0.0")
         RELEASE_NOTES = {"1.0.0": "Patches in the source dtype with per-example normalisation bounds."}
+
+        @tfds.core.utils.classproperty
+        @classmethod
+        def code_path(cls):
+            # TFDS's own lookup needs the optional `importlib_resources` package for builders that live
+            # in an installed package; the answer is simply this file.
+            from etils import epath
+
+            return epath.Path(__file__)
 
         def __init__(self, *, spec: dict | None = None, splits: dict | None = None, **kwargs):
             self._spec = spec
@@ -43,8 +55,11 @@ def _builder_class():
         def _info(self):
             spec = self._spec
             features = tfds.features.FeaturesDict({
-                "cond": tfds.features.Tensor(shape=tuple(spec["cond_shape"]), dtype=np.dtype(spec["dtype"])),
-                "target": tfds.features.Tensor(shape=tuple(spec["target_shape"]), dtype=np.dtype(spec["dtype"])),
+                # raw bytes: tf.train.Example int lists would be 8x larger and slow to write
+                "cond": tfds.features.Tensor(shape=tuple(spec["cond_shape"]), dtype=np.dtype(spec["dtype"]),
+                                             encoding=tfds.features.Encoding.BYTES),
+                "target": tfds.features.Tensor(shape=tuple(spec["target_shape"]), dtype=np.dtype(spec["dtype"]),
+                                               encoding=tfds.features.Encoding.BYTES),
                 "cond_lo": tfds.features.Scalar(dtype=np.float64),
                 "cond_hi": tfds.features.Scalar(dtype=np.float64),
                 "target_lo": tfds.features.Scalar(dtype=np.float64),
@@ -77,8 +92,23 @@ def write_prepared(output_dir: str | pathlib.Path, *, cond_shape, target_shape, 
     spec = {"cond_shape": list(cond_shape), "target_shape": list(target_shape), "dtype": np.dtype(dtype).str,
             "metadata": metadata}
     builder = _builder_class()(spec=spec, splits=splits, data_dir=str(output_dir), file_format="array_record")
-    with tempfile.TemporaryDirectory() as downloads:
-        builder.download_and_prepare(download_dir=downloads)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # the caller shows its own
+    try:
+        with tempfile.TemporaryDirectory() as downloads:
+            builder.download_and_prepare(download_dir=downloads)
+    except Exception as exc:
+        for partial in (output_dir / DATASET_NAME).glob("incomplete.*"):  # TFDS's unfinished files
+            shutil.rmtree(partial, ignore_errors=True)
+        if (output_dir / DATASET_NAME).is_dir() and not any((output_dir / DATASET_NAME).iterdir()):
+            (output_dir / DATASET_NAME).rmdir()
+        cause = exc
+        while cause is not None and not isinstance(cause, io.DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # TFDS wraps errors raised inside the generator
+            raise io.DataError(str(cause)) from exc
+        raise
     leftover = output_dir / "downloads"
     if leftover.is_dir() and not any(p.is_file() for p in leftover.rglob("*")):
         shutil.rmtree(leftover)
