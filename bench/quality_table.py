@@ -3,16 +3,17 @@
 1. Trains the tiny EMDiffuse-n config (configs/emdiffuse_n.py:tiny settings, the training library's step,
    optimizer and EMA) on a clean EM stack whose noisy inputs are made by the data layer's default
    denoising degradation (Poisson-Gaussian, dose 20) - no real noisy/clean pairs exist here. The EMA
-   weights are saved to --workdir/ema_params.npz and reused when present.
+   weights are saved to --workdir/ema_params.npz and reused when present (delete the folder to retrain).
 2. Draws held-out patches (the pipeline's validation images, never seen in training) with the same
    degradation, and restores them with DDPM (1000 steps) and DDIM / DPM-Solver++ at 10, 20 and 50 steps,
-   all with the same K samples per patch.
+   all with the same K samples per patch (results are cached in --workdir/quality_results.json).
 3. Prints a Markdown table: PSNR and SSIM of the K-sample mean against the clean patch, network evaluations,
    and the difference to DDPM.
 
     python bench/quality_table.py --data=PATH/fibsem-medulla-250.tif --workdir=/tmp/q [--train_steps=2000]
 """
 
+import json
 import pathlib
 import sys
 import time
@@ -97,9 +98,15 @@ def main(argv):
         return psnr, ssim, time.perf_counter() - t
 
     rows = [("ddpm", _DDPM_STEPS.value)] + [(n, int(s)) for n in ("ddim", "dpm") for s in _FAST_STEPS.value]
+    cache_path = pathlib.Path(_WORKDIR.value) / "quality_results.json"  # reused: the DDPM row takes long
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     results = {}
     for name, steps in rows:
-        results[name, steps] = evaluate(inference.SamplerSpec(name, steps))
+        tag = f"{name}-{steps}-K{k}-{_PATCHES.value}x{_PATCH.value}-seed{_SEED.value}"
+        if tag not in cache:
+            cache[tag] = evaluate(inference.SamplerSpec(name, steps))
+            cache_path.write_text(json.dumps(cache, indent=1))
+        results[name, steps] = cache[tag]
         print(f"  {name} {steps}: PSNR {results[name, steps][0]:.2f} dB, SSIM {results[name, steps][1]:.4f}, "
               f"{results[name, steps][2]:.0f} s", flush=True)
     base_psnr = results["ddpm", _DDPM_STEPS.value][0]
