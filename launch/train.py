@@ -5,14 +5,13 @@ Re-running with the same --workdir resumes from its newest checkpoint. On a TPU 
 on every worker with a shared workdir (see launch/tpu_pod.sh).
 """
 
-import logging as pylogging
 import pathlib
 import sys
 
 # Lets the script run from a source checkout without installing the package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:tiny]).",
@@ -25,14 +24,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    # Our progress lines at INFO; the libraries' (Orbax logs every file it writes) only from WARNING.
-    logging.set_verbosity(logging.WARNING)
-    handler = pylogging.StreamHandler()
-    handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    ours = pylogging.getLogger("emdiffuse_jax")
-    ours.setLevel(pylogging.INFO)
-    ours.addHandler(handler)
-    ours.propagate = False
+    from emdiffuse_jax.cli import configure_logging
+
+    ours = configure_logging()
     from emdiffuse_jax import parallel
 
     parallel.maybe_initialize_distributed(config.distributed)   # before any other JAX call
