@@ -25,28 +25,34 @@ _ROWS_PER_CHUNK = 16
 def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Stride-1 'SAME' convolution of x (B, H, W, I) with kernel (kh, kw, I, O)."""
     kernel = kernel.astype(x.dtype)
-    if jax.default_backend() == "cpu":
+    if use_custom_kernel_gradient():
         return _conv2d_cpu(x, kernel)
-    return _xla_conv2d(x, kernel)
+    return plain_conv2d(x, kernel)
 
 
-def _xla_conv2d(x, kernel):
+def use_custom_kernel_gradient() -> bool:
+    """Whether conv2d traced now uses the custom kernel gradient (only on the CPU backend)."""
+    return jax.default_backend() == "cpu"
+
+
+def plain_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """XLA's convolution with XLA's own gradients (the reference for tests and benchmarks)."""
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding="SAME", dimension_numbers=_DIMENSION_NUMBERS)
 
 
 @jax.custom_vjp
 def _conv2d_cpu(x, kernel):
-    return _xla_conv2d(x, kernel)
+    return plain_conv2d(x, kernel)
 
 
 def _conv2d_cpu_fwd(x, kernel):
-    return _xla_conv2d(x, kernel), (x, kernel)
+    return plain_conv2d(x, kernel), (x, kernel)
 
 
 def _conv2d_cpu_bwd(residuals, g):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: _xla_conv2d(x_, kernel), x)
+    _, input_vjp = jax.vjp(lambda x_: plain_conv2d(x_, kernel), x)
     (dx,) = input_vjp(g)
     return dx, kernel_gradient(x, g, kernel.shape)
 
