@@ -78,8 +78,8 @@ def main(argv):
         _worker()
         return
     print(f"backend {jax.default_backend()}, batch {FLAGS.batch}, medians of {FLAGS.repeats}, "
-          f"load average {os.getloadavg()[0]:.1f}; custom kernel gradient active: "
-          f"{conv.use_custom_kernel_gradient()}")
+          f"load average {os.getloadavg()[0]:.1f}; CPU fast path active: "
+          f"{conv.use_cpu_fast_path()}")
     header = (f"{'shape (size x cin x cout x k)':>30} | {'plain ms':>9} {'custom ms':>9} {'ratio':>6} | "
               f"{'plain cpu':>9} {'custom cpu':>10} {'ratio':>6} | {'plain GB':>8} {'custom GB':>9}")
     print(header)

@@ -85,8 +85,10 @@ def test_conv2d_casts_kernel_to_input_dtype():
     assert conv.conv2d(x, kernel).dtype == jnp.float32
 
 
-def test_conv2d_uses_custom_gradient_only_on_cpu():
+def test_conv2d_takes_fast_path_only_on_cpu():
     x = _random((1, 5, 7, 3), 10)
-    kernel = _random((3, 3, 3, 2), 11)
-    jaxpr = str(jax.make_jaxpr(conv.conv2d)(x, kernel))
-    assert ("custom_vjp_call" in jaxpr) == (jax.default_backend() == "cpu")
+    on_cpu = jax.default_backend() == "cpu"
+    jaxpr_3x3 = str(jax.make_jaxpr(conv.conv2d)(x, _random((3, 3, 3, 2), 11)))
+    assert ("custom_vjp_call" in jaxpr_3x3) == on_cpu
+    jaxpr_1x1 = str(jax.make_jaxpr(conv.conv2d)(x, _random((1, 1, 3, 2), 12)))
+    assert ("conv_general_dilated" not in jaxpr_1x1) == on_cpu
