@@ -22,3 +22,34 @@ def shared_path(*parts: str) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"shared data absent: {path} (tests that use ../shared skip without it)")
     return path
+
+
+TINY_UNET = dict(in_channel=2, out_channel=1, inner_channel=16, channel_mults=(1, 2, 2), attn_res=(2,),
+                 num_head_channels=16, res_blocks=1, dropout=0.0, image_size=32)
+TINY_VEM_UNET = dict(TINY_UNET, in_channel=3, vem=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    """The golden tiny 2D network's configuration (reference layout, 345,153 parameters)."""
+    from emdiffuse_jax.models import unet_config
+    return unet_config(TINY_UNET)
+
+
+@pytest.fixture(scope="session")
+def tiny_vem_unet():
+    from emdiffuse_jax.models import unet_config
+    return unet_config(TINY_VEM_UNET)
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_unet):
+    """Initialised once per test session and shared, since initialisation compiles the whole network."""
+    from emdiffuse_jax.models import init_params
+    return init_params(tiny_unet, jax.random.key(0))
+
+
+@pytest.fixture(scope="session")
+def tiny_vem_params(tiny_vem_unet):
+    from emdiffuse_jax.models import init_params
+    return init_params(tiny_vem_unet, jax.random.key(1))

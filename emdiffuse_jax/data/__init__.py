@@ -1,0 +1,1 @@
+"""EM data layer: I/O, normalisation, degradations, phantoms, registration, tiling, samples, pipelines."""

@@ -1,0 +1,448 @@
+"""Reading and writing EM images and volumes: TIFF, slice folders, PNG, Zarr / OME-Zarr and N5.
+
+Everything keeps the file's dtype (16-bit stays 16-bit); intensity mapping is `normalize.py`'s job.
+Volumes are (Z, Y, X). `read_volume(..., lazy=True)` returns an array-like that reads only the slices
+indexed, for volumes larger than memory. Every failure raises `DataError` naming the file and the fix.
+Readers never modify their input; writers refuse to overwrite unless asked.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import re
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+SUPPORTED_DTYPES = tuple(
+    np.dtype(d) for d in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32", "float64")
+)
+
+
+class DataError(ValueError):
+    """Bad or unreadable input; the message names the file, the problem and the fix."""
+
+
+def natural_key(name: str) -> list:
+    """Sort key so that '2.tif' < '10.tif' (numbers compared as numbers)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
+
+
+def check_array(array: np.ndarray, source: Any, *, finite: bool = True) -> np.ndarray:
+    """Rejects dtypes we cannot map to intensities and (for floats) NaN/inf values, naming `source`."""
+    dtype = np.dtype(array.dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise DataError(
+            f"{source}: unsupported dtype {dtype}; convert it to uint8, uint16 or float32 "
+            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})"
+        )
+    if finite and dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise DataError(f"{source}: {bad} NaN or infinite values; fill or mask them before use")
+    return array
+
+
+def _to_gray(array: np.ndarray, source: Any) -> np.ndarray:
+    """(H, W, 3|4) colour images: identical channels -> one channel, else ITU-R 601 luma in the same dtype."""
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return np.ascontiguousarray(rgb[..., 0])
+        luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        if array.dtype.kind in "ui":
+            info = np.iinfo(array.dtype)
+            luma = np.clip(np.rint(luma), info.min, info.max)
+        return luma.astype(array.dtype)
+    if array.ndim != 2:
+        raise DataError(f"{source}: expected a 2D grey image, got shape {array.shape}")
+    return array
+
+
+def _check_tiff_complete(tif, path: pathlib.Path) -> None:
+    """Raises if pages point past the end of the file or fewer pages exist than the metadata announces."""
+    size = path.stat().st_size
+    pages = 0
+    for page in tif.pages:
+        pages += 1
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size:
+            raise DataError(f"{path}: page {pages - 1} ends at byte {max(ends)} but the file has {size} bytes; "
+                            "the file is truncated - copy or export it again")
+    announced = None
+    if tif.shaped_metadata and "shape" in tif.shaped_metadata[0]:
+        shape = tif.shaped_metadata[0]["shape"]
+        announced = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    elif tif.imagej_metadata and "images" in tif.imagej_metadata:
+        announced = int(tif.imagej_metadata["images"])
+    if announced is not None and pages < announced and tif.pages[0].is_contiguous is None:
+        raise DataError(f"{path}: metadata announces {announced} images but only {pages} pages are readable; "
+                        "the file is truncated - copy or export it again")
+
+
+def _read_tiff(path: pathlib.Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            _check_tiff_complete(tif, path)
+            return tif.asarray()
+    except DataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc}); the file is truncated, "
+                        "corrupt or not a TIFF - re-export it") from exc
+
+
+def _read_png(path: pathlib.Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "LA", "PA", "1"):
+                im = im.convert("L")
+            return np.asarray(im)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read PNG ({type(exc).__name__}: {exc}); the file is truncated, "
+                        "corrupt or not a PNG - re-export it") from exc
+
+
+def _existing(path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    return path
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """One 2D grey image (TIFF or PNG) in its own dtype; a one-page-per-slice TIFF must hold one page."""
+    path = _existing(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        array = np.squeeze(_read_tiff(path))
+    elif suffix == ".png":
+        array = _read_png(path)
+    else:
+        raise DataError(f"{path}: unsupported image type '{suffix}'; use TIFF or PNG")
+    if array.ndim == 3 and array.shape[-1] not in (3, 4):
+        raise DataError(f"{path}: holds a stack of {array.shape[0]} images; read it with read_volume")
+    return check_array(_to_gray(array, path), path)
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Image files of a folder in natural order ('2.tif' before '10.tif'); hidden files skipped."""
+    folder = _existing(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    files = [p for p in folder.iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"{folder}: no images found (expected .tif, .tiff or .png files)")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+class LazyVolume:
+    """Array-like (Z, Y, X) volume that loads only the z-slices an index touches.
+
+    Supports `shape`, `dtype`, `ndim`, `len`, numpy-style `[...]` indexing and `np.asarray`.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any, load_slice: Callable[[int], np.ndarray], name: str,
+                 cache_bytes: int = 256 << 20):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+        self.name = name
+        self._load_slice = load_slice
+        plane = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()  # prefetching threads share the cache
+        self._cache_slices = max(1, cache_bytes // max(plane, 1))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyVolume({self.name}, shape={self.shape}, dtype={self.dtype})"
+
+    def _slice(self, z: int) -> np.ndarray:
+        """Slice z, from a small LRU cache (neighbouring samples share slices)."""
+        with self._lock:
+            if z in self._cache:
+                self._cache.move_to_end(z)
+                return self._cache[z]
+        plane = self._load_slice(z)
+        if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
+            raise DataError(f"{self.name}: slice {z} has shape {plane.shape} {plane.dtype}, expected "
+                            f"{self.shape[1:]} {self.dtype}; all slices must match")
+        plane = check_array(plane, f"{self.name} (slice {z})")
+        plane.setflags(write=False)
+        with self._lock:
+            self._cache[z] = plane
+            if len(self._cache) > self._cache_slices:
+                self._cache.popitem(last=False)
+        return plane
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis for i in index):
+            at = next(k for k, i in enumerate(index) if i is Ellipsis)
+            fill = (slice(None),) * (3 - (len(index) - 1))
+            index = index[:at] + fill + index[at + 1:]
+        zi, rest = index[0], index[1:]
+        if isinstance(zi, (int, np.integer)):
+            return np.array(self._slice(range(self.shape[0])[zi])[rest])
+        zs = np.arange(self.shape[0])[zi]
+        if not len(zs):
+            return np.zeros((0,) + np.zeros(self.shape[1:], np.uint8)[rest].shape, self.dtype)
+        return np.stack([self._slice(int(z))[rest] for z in zs])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+class _TensorStoreArray:
+    """Numpy-style read access to a tensorstore array (N5 or Zarr via tensorstore)."""
+
+    def __init__(self, store, name: str):
+        self._store = store
+        self.shape = tuple(int(s) for s in store.shape)
+        self.dtype = np.dtype(store.dtype.numpy_dtype)
+        self.ndim = len(self.shape)
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self._store[index].read().result())
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _open_zarr(path: pathlib.Path, dataset: str | None):
+    import zarr
+
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception as exc:
+        raise DataError(f"{path}: cannot open as Zarr ({type(exc).__name__}: {exc})") from exc
+    if isinstance(node, zarr.Array):
+        return node
+    if dataset is None:
+        multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+        if multiscales:  # OME-Zarr: level 0 is full resolution
+            dataset = multiscales[0]["datasets"][0]["path"]
+        else:
+            names = [name for name, _ in node.arrays()]
+            if len(names) != 1:
+                raise DataError(f"{path}: Zarr group holds arrays {sorted(names)}; name one with dataset=")
+            dataset = names[0]
+    try:
+        return node[dataset]
+    except KeyError as exc:
+        raise DataError(f"{path}: Zarr group has no array '{dataset}'") from exc
+
+
+def _open_n5(path: pathlib.Path, dataset: str | None):
+    import tensorstore as ts
+
+    target = path / dataset if dataset else path
+    try:
+        store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(target)}}, read=True).result()
+    except Exception as exc:
+        raise DataError(f"{target}: cannot open as N5 ({exc}); pass the dataset inside the container "
+                        "with dataset=") from exc
+    return _TensorStoreArray(store, str(target))
+
+
+def _is_zarr(path: pathlib.Path) -> bool:
+    return path.suffix.lower() == ".zarr" or any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def _is_n5(path: pathlib.Path) -> bool:
+    return path.suffix.lower() == ".n5" or (path / "attributes.json").exists()
+
+
+def _check_volume_shape(shape: Sequence[int], name: Any) -> None:
+    if len(shape) != 3:
+        raise DataError(f"{name}: expected a (Z, Y, X) volume, got shape {tuple(shape)}")
+    if shape[0] < 2:
+        raise DataError(f"{name}: volume has {shape[0]} slice(s); volume tasks need at least 2 "
+                        "(pass a stack or a folder of slices)")
+
+
+AUTO_LAZY_BYTES = 1 << 30
+
+
+def read_volume(path: str | os.PathLike, *, lazy: bool | None = False, dataset: str | None = None):
+    """A (Z, Y, X) volume from a multi-page TIFF, a folder of slices (natural order), Zarr/OME-Zarr or N5.
+
+    lazy=True returns an array-like that reads slices (or chunks) on demand; False a numpy array; None
+    decides by size (lazy above 1 GiB). `dataset` picks the array inside a Zarr group or N5 container.
+    Needs at least 2 slices.
+    """
+    path = _existing(path)
+    if lazy is None:
+        probe = read_volume(path, lazy=True, dataset=dataset)
+        if int(np.prod(probe.shape)) * np.dtype(probe.dtype).itemsize > AUTO_LAZY_BYTES:
+            return probe
+        lazy = False
+    if path.is_dir() and _is_zarr(path):
+        array = _open_zarr(path, dataset)
+    elif path.is_dir() and _is_n5(path):
+        array = _open_n5(path, dataset)
+    elif path.is_dir():
+        files = list_images(path)
+        first = read_image(files[0])
+        array = LazyVolume((len(files),) + first.shape, first.dtype, lambda z: read_image(files[z]), str(path))
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        array = _tiff_volume(path)
+        if not lazy:
+            _check_volume_shape(array.shape, path)
+            return check_array(np.asarray(_read_tiff(path)).reshape(array.shape), path)
+    else:
+        raise DataError(f"{path}: unsupported volume type; use a TIFF stack, a folder of slices, Zarr or N5")
+    _check_volume_shape(array.shape, path)
+    check_array(np.empty(0, array.dtype), path)
+    if lazy:
+        return array
+    return check_array(np.asarray(array[:]), path)
+
+
+def _tiff_volume(path: pathlib.Path) -> LazyVolume:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            _check_tiff_complete(tif, path)
+            series = tif.series[0]
+            shape, dtype, axes = tuple(series.shape), series.dtype, series.axes
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc}); the file is truncated, "
+                        "corrupt or not a TIFF - re-export it") from exc
+    squeezed = tuple(s for s in shape if s != 1) or (1,)
+    if len(squeezed) == 2:
+        squeezed = (1,) + squeezed
+    if len(squeezed) != 3:
+        raise DataError(f"{path}: expected a (Z, Y, X) stack, got shape {shape} (axes {axes})")
+
+    def load(z: int) -> np.ndarray:
+        try:
+            return np.asarray(tifffile.imread(path, key=z)).reshape(squeezed[1:])
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read slice {z} ({type(exc).__name__}: {exc}); the file is "
+                            "truncated or corrupt - re-export it") from exc
+
+    with tifffile.TiffFile(path) as tif:
+        pages = len(tif.pages)
+    if pages != squeezed[0]:  # one page holds several slices: read once
+        whole = np.asarray(_read_tiff(path)).reshape(squeezed)
+        return LazyVolume(squeezed, dtype, lambda z: whole[z], str(path))
+    return LazyVolume(squeezed, dtype, load, str(path))
+
+
+def read_tiff_metadata(path: str | os.PathLike) -> dict:
+    """Axes, voxel size (per axis, in `unit`) and unit of a TIFF written by `write_tiff` or ImageJ/Fiji."""
+    import tifffile
+
+    path = _existing(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            meta: dict = {"axes": axes, "voxel_size": None, "unit": None}
+            ij = tif.imagej_metadata
+            page = tif.pages[0]
+            if "XResolution" in page.tags:
+                num, den = page.tags["XResolution"].value
+                ynum, yden = page.tags["YResolution"].value
+                xy = (den / num if num else 1.0, yden / ynum if ynum else 1.0)
+                if ij is not None:
+                    sizes = {"Y": xy[1], "X": xy[0], "Z": float(ij.get("spacing", 1.0))}
+                    meta["voxel_size"] = tuple(sizes.get(a, 1.0) for a in axes)
+                    meta["unit"] = ij.get("unit")
+            shaped = tif.shaped_metadata
+            if shaped and "voxel_size" in shaped[0]:
+                meta["voxel_size"] = tuple(shaped[0]["voxel_size"])
+                meta["unit"] = shaped[0].get("unit")
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read TIFF metadata ({exc})") from exc
+    return meta
+
+
+def _refuse_overwrite(path: pathlib.Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise DataError(f"{path}: already exists; choose another output path or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray, *, axes: str | None = None,
+               voxel_size: Sequence[float] | None = None, unit: str = "nm", overwrite: bool = False,
+               compression: str | None = "zlib") -> pathlib.Path:
+    """Writes an image (YX) or volume (ZYX) in its own dtype, with axes and voxel size readable by Fiji.
+
+    uint8/uint16/float32 go out as ImageJ hyperstacks (Fiji shows the voxel size); other supported dtypes
+    as tifffile 'shaped' TIFFs with the same metadata in JSON. `voxel_size` is one value per axis.
+    """
+    path = pathlib.Path(path)
+    array = check_array(np.asarray(array), path, finite=False)
+    axes = axes or "ZYX"[-array.ndim:]
+    if len(axes) != array.ndim or array.ndim not in (2, 3):
+        raise DataError(f"{path}: axes '{axes}' do not match array shape {array.shape} (2D or 3D only)")
+    if voxel_size is not None and len(voxel_size) != array.ndim:
+        raise DataError(f"{path}: voxel_size {tuple(voxel_size)} needs one value per axis '{axes}'")
+    _refuse_overwrite(path, overwrite)
+    import tifffile
+
+    sizes = dict(zip(axes, voxel_size)) if voxel_size is not None else {}
+    kwargs: dict = {"compression": compression, "photometric": "minisblack"}
+    if sizes:
+        kwargs["resolution"] = (1.0 / sizes.get("X", 1.0), 1.0 / sizes.get("Y", 1.0))
+    if array.dtype in (np.uint8, np.uint16, np.float32):
+        metadata: dict = {"axes": axes, "unit": unit}
+        if "Z" in sizes:
+            metadata["spacing"] = float(sizes["Z"])
+        tifffile.imwrite(path, array, imagej=True, metadata=metadata, **kwargs)
+    else:
+        metadata = {"axes": axes, "unit": unit}
+        if voxel_size is not None:
+            metadata["voxel_size"] = [float(v) for v in voxel_size]
+        tifffile.imwrite(path, array, metadata=metadata, **kwargs)
+    return path
+
+
+def write_zarr(path: str | os.PathLike, array, *, chunks: Sequence[int] | None = None,
+               axes: str | None = None, voxel_size: Sequence[float] | None = None, unit: str = "nm",
+               overwrite: bool = False) -> pathlib.Path:
+    """Writes an array (numpy or array-like, slice by slice) as a Zarr array with axes/voxel-size attributes."""
+    import zarr
+
+    path = pathlib.Path(path)
+    check_array(np.empty(0, array.dtype), path)
+    axes = axes or "ZYX"[-len(array.shape):]
+    _refuse_overwrite(path, overwrite)
+    if chunks is None:
+        chunks = tuple([1] * (len(array.shape) - 2) + [min(s, 512) for s in array.shape[-2:]])
+    out = zarr.create_array(store=str(path), shape=array.shape, dtype=array.dtype, chunks=tuple(chunks),
+                            overwrite=overwrite)
+    if len(array.shape) == 3:
+        for z in range(array.shape[0]):
+            out[z] = np.asarray(array[z])
+    else:
+        out[...] = np.asarray(array)
+    attrs: dict = {"axes": axes, "unit": unit}
+    if voxel_size is not None:
+        attrs["voxel_size"] = [float(v) for v in voxel_size]
+    out.attrs.update(json.loads(json.dumps(attrs)))
+    return path
