@@ -14,6 +14,7 @@ there; the choice is made when the function is traced (`jax.default_backend()`).
 """
 
 import jax
+import jax.numpy as jnp
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
