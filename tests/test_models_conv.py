@@ -92,3 +92,13 @@ def test_conv2d_takes_fast_path_only_on_cpu():
     assert ("custom_vjp_call" in jaxpr_3x3) == on_cpu
     jaxpr_1x1 = str(jax.make_jaxpr(conv.conv2d)(x, _random((1, 1, 3, 2), 12)))
     assert ("conv_general_dilated" not in jaxpr_1x1) == on_cpu
+
+
+def test_plain_xla_convolutions_context_disables_fast_path_while_active():
+    x = _random((1, 5, 7, 3), 13)
+    kernel = _random((3, 3, 3, 2), 14)
+    with conv.plain_xla_convolutions():
+        inside = str(jax.make_jaxpr(lambda a, b: conv.conv2d(a, b))(x, kernel))
+    after = str(jax.make_jaxpr(lambda a, b: conv.conv2d(a, b))(x, kernel))
+    assert "custom_vjp_call" not in inside
+    assert ("custom_vjp_call" in after) == (jax.default_backend() == "cpu")

@@ -2,16 +2,21 @@
 
 Kept as one function so that its gradient can be specialised for speed in a single place.
 
-Why a custom gradient on CPU: XLA:CPU lowers the kernel (weight) gradient of a convolution to a
-convolution whose window is the whole image and whose feature dimension is the batch size, after
-transposing both activations to channel-major order. Inside a full UNet training step this ran several
-times slower than the forward convolution (and gets worse the smaller the batch). Written instead as
-kh*kw shifted matrix products that contract over all pixels, the same gradient is ordinary GEMM work.
-The forward pass and the input gradient stay on XLA's convolution, which is as fast as PyTorch here.
-1x1 kernels are computed as plain matrix products instead (XLA:CPU's 1x1 convolution is slow too).
-On GPU/TPU the vendor convolution libraries compute all of this efficiently, so the plain path is kept
-there; the choice is made when the function is traced (`jax.default_backend()`).
+CPU fast path (measured on the 2-core development machine, jax 0.10; see bench/bench_conv.py):
+- 1x1 kernels are one matrix product over all pixels: forward + backward 2-3x faster than XLA:CPU's
+  1x1 convolution.
+- kxk kernels keep XLA's convolution for the forward pass and the input gradient (as fast as PyTorch),
+  but get a custom kernel (weight) gradient: kh*kw shifted matrix products contracting over all pixels,
+  accumulated over chunks of image rows so the shifted copies stay small. XLA instead lowers it to a
+  whole-image-window convolution over transposed (channel-major) activations; in isolation that is
+  about as fast, but inside the full UNet training step it and its transposes took about 2.5x the
+  time of the shifted products (profiler), and the whole step used about 10 % less CPU time with
+  both changes.
+On GPU/TPU the vendor convolution libraries handle all of this well, so the plain XLA path is kept there;
+the choice is made when the function is traced (`jax.default_backend()`).
 """
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +38,27 @@ def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _conv2d_cpu(x, kernel)
 
 
+_force_plain = False
+
+
 def use_cpu_fast_path() -> bool:
-    """Whether conv2d traced now takes the CPU-specialised path (only on the CPU backend)."""
-    return jax.default_backend() == "cpu"
+    """Whether conv2d traced now takes the CPU-specialised path (CPU backend, not forced plain)."""
+    return jax.default_backend() == "cpu" and not _force_plain
+
+
+@contextlib.contextmanager
+def plain_xla_convolutions():
+    """Functions traced inside this context use XLA's plain convolution everywhere (for A/B benchmarks).
+
+    Only tracing inside the context is affected: wrap a fresh `jax.jit` there, since JAX reuses cached
+    traces of a function it has already seen.
+    """
+    global _force_plain
+    previous, _force_plain = _force_plain, True
+    try:
+        yield
+    finally:
+        _force_plain = previous
 
 
 def _pointwise_conv2d(x, kernel):
