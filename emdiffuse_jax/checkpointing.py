@@ -1,0 +1,216 @@
+"""Orbax checkpoints of the training state, model identity checks, and the inference loader.
+
+Layout: ``<workdir>/checkpoints/<step>/{state,meta}``; ``state`` is the TrainState (step, params,
+ema_params, opt_state), ``meta`` a JSON record of what was trained (task, UNet config, z_factor,
+patch size, full config). Fixes the reference's resume bugs: the optimizer state is restored, nothing is
+loaded from a default path behind the user's back, missing or mismatching weights are an error, and a
+workdir holding another model's checkpoint refuses to resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint exists but belongs to a different model or task."""
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def model_identity(task: str, unet: Any) -> dict:
+    """What must match for a checkpoint to be resumed: the task and every UNet hyper-parameter."""
+    return {"task": task, "unet": jsonable(dataclasses.asdict(unet))}
+
+
+def identity_mismatch(saved: dict, wanted: dict) -> list[str]:
+    """Human-readable differences between two model identities (empty when compatible)."""
+    diffs = []
+    if saved.get("task") != wanted["task"]:
+        diffs.append(f"task {saved.get('task')!r} (checkpoint) vs {wanted['task']!r} (config)")
+    saved_unet, wanted_unet = saved.get("unet", {}), wanted["unet"]
+    for key in sorted(set(saved_unet) | set(wanted_unet)):
+        if key in ("dropout", "image_size"):   # change no parameter shape; may differ when fine-tuning
+            continue
+        if saved_unet.get(key) != wanted_unet.get(key):
+            diffs.append(f"model.{key} {saved_unet.get(key)!r} (checkpoint) vs {wanted_unet.get(key)!r} (config)")
+    return diffs
+
+
+class Checkpointer:
+    """Orbax CheckpointManager for one workdir: interval + preemption saves, keep last N and best N."""
+
+    def __init__(self, workdir: str | os.PathLike, *, every_steps: int, keep: int = 3, keep_best: int = 0,
+                 best_metric: str = "psnr", best_mode: str = "max", async_save: bool = True):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        keepers = [policies.LatestN(n=max(1, keep))]
+        if keep_best > 0:
+            keepers.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
+                                          n=keep_best, keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.AnySavePolicy([
+                policies.FixedIntervalPolicy(max(1, every_steps)), policies.PreemptionCheckpointingPolicy()]),
+            preservation_policy=policies.AnyPreservationPolicy(keepers),
+            enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:
+        """Starts an (asynchronous) save; returns whether one was started."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(jsonable(meta)))
+        return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def read_meta(self, step: int) -> dict:
+        return read_meta(self.directory / str(step))
+
+    def check_compatible(self, identity: dict) -> None:
+        """Raises IncompatibleCheckpointError when the newest checkpoint is of another model."""
+        step = self.latest_step()
+        if step is None:
+            return
+        diffs = identity_mismatch(self.read_meta(step), identity)
+        if diffs:
+            raise IncompatibleCheckpointError(
+                f"{self.directory} holds a checkpoint (step {step}) of another model: " + "; ".join(diffs)
+                + ". Refusing to resume. Use a new --workdir, or start from it with --config.init_from.")
+
+    def restore(self, step: int, abstract_state: Any) -> Any:
+        """Exact restore into ``abstract_state`` (ShapeDtypeStructs carrying the wanted shardings)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+        return restored.state
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def read_meta(step_dir: str | os.PathLike) -> dict:
+    path = Path(step_dir) / "meta" / "metadata"
+    if not path.exists():
+        raise FileNotFoundError(f"{step_dir} is not a complete emdiffuse_jax checkpoint (missing {path}); "
+                                "it may have been interrupted while saving")
+    return json.loads(path.read_text())
+
+
+# --- inference loader ------------------------------------------------------------------------------------
+
+class LoadedModel(NamedTuple):
+    unet: Any            # models.UNetConfig
+    params: Any          # EMA parameters (plain nested dict of arrays)
+    task: str
+    meta: dict           # z_factor, patch_size, step, config ... ({"source": "torch"} for a .pth)
+
+
+def _step_dir(path: Path, step: int | None) -> Path:
+    """The checkpoint step directory for a workdir, a checkpoints/ directory, or a step directory."""
+    if (path / "meta").is_dir() and (path / "state").is_dir():
+        return path
+    root = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "meta").is_dir()) \
+        if root.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"no emdiffuse_jax checkpoint under {path}: expected a training workdir, its "
+                                f"{CHECKPOINT_DIR}/ folder, a step folder, or a reference .pth file")
+    if step is None:
+        return root / str(steps[-1])
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} under {root}; available: {steps}")
+    return root / str(step)
+
+
+def restore_ema_params(step_dir: str | os.PathLike, unet: Any) -> Any:
+    """Only the EMA parameters of a checkpoint, onto the default device (any saving topology)."""
+    from emdiffuse_jax import models
+
+    abstract = jax.eval_shape(lambda k: models.init_params(unet, k), jax.random.key(0))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"ema_params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                         abstract)}
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    restored = checkpointer.restore(
+        Path(step_dir).absolute() / "state",
+        args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                    partial_restore=True))
+    return restored["ema_params"]
+
+
+def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = None,
+               step: int | None = None) -> LoadedModel:
+    """Loads a model for prediction: our workdir / checkpoint step dir (EMA weights), or a reference .pth.
+
+    task: the expected task; a checkpoint of another task (or, for a .pth, of the other network family)
+    is an error. A .pth does not record its task: without ``task`` it is reported as "denoise" (2D) or
+    "vem_i" (vEM), which predict identically to "superres" / "vem_a". unet: UNetConfig or dict of a .pth
+    whose network differs from the published one (vem and in_channel are read from the file).
+    step: which checkpoint of a workdir (default: the newest).
+    """
+    from emdiffuse_jax import models
+    from emdiffuse_jax.train_config import TASKS, VEM_TASKS
+
+    path = Path(path)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if path.suffix == ".pth":
+        if not path.is_file():
+            raise FileNotFoundError(f"reference checkpoint {path} does not exist")
+        from emdiffuse_jax.convert import load_torch_checkpoint
+
+        if unet is None:
+            values = {}
+        elif isinstance(unet, dict):
+            values = dict(unet)
+        else:
+            values = dataclasses.asdict(models.unet_config(unet))
+        if task is not None:
+            values.setdefault("vem", task in VEM_TASKS)
+        params = load_torch_checkpoint(path, values)   # infers vem / in_channel from the file when not given
+        values.update(vem="channel_embed" in params,
+                      in_channel=int(params["input_blocks_0_0"]["kernel"].shape[2]))
+        cfg = models.unet_config(values)
+        inferred = task is None
+        task = task or ("vem_i" if cfg.vem else "denoise")
+        return LoadedModel(cfg, params, task, {"source": "torch", "path": str(path), "task": task,
+                                               "task_inferred": inferred})
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    step_dir = _step_dir(path, step)
+    meta = read_meta(step_dir)
+    if task is not None and meta.get("task") != task:
+        raise IncompatibleCheckpointError(
+            f"{step_dir} is a {meta.get('task')!r} model but task {task!r} was requested; "
+            f"use a checkpoint trained for {task!r} or set the task to {meta.get('task')!r}")
+    saved_unet = models.unet_config(meta["unet"])
+    params = restore_ema_params(step_dir, saved_unet)
+    logging.info("loaded EMA weights of step %s (%s) from %s", meta.get("step"), meta.get("task"), step_dir)
+    return LoadedModel(saved_unet, params, meta["task"], meta)

@@ -1,0 +1,188 @@
+"""File-level 2D restoration runs: read images, predict with self-assessment, write every output and a report.
+
+For each input image `<name>` the output folder receives
+  <name>_mean.tif         the restored image (mean of K samples) in the input's dtype and intensity range
+  <name>_std.tif          per-pixel std of the K samples, float32, [0, 1] units (fraction of the range)
+  <name>_reliability.tif  local uncertainty score (std box-averaged over `window` px), float32, [0, 1] units
+  <name>_samples.tif      the K individual samples (input dtype), only with keep_samples
+  <name>_{input,mean,std,reliability}.png   8-bit previews (reliability: white = reliable, black = above
+                          the threshold)
+and report.json lists settings, per-image and per-tile scores, flags, threshold and timings. Every file is
+written under a hidden temporary name and renamed when complete; report.json is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+import tifffile
+
+from emdiffuse_jax import inference, models, uncertainty
+from emdiffuse_jax.data import io, normalize
+
+
+def make_restorer(loaded, spec: inference.SamplerSpec, batch_per_device: int = 4) -> inference.Restorer:
+    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec."""
+    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, inference.make_sample_fn(spec),
+                              batch_per_device=batch_per_device)
+
+
+def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """(name, loader) per 2D image of a file (an image or every slice of a stack) or a folder of images."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise io.DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return [(p.stem, (lambda p=p: io.read_image(p))) for p in io.list_images(path)]
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(s for s in tif.series[0].shape if s != 1)
+        if len(shape) == 3 and shape[-1] not in (3, 4):
+            stack = io.read_volume(path, lazy=True)
+            return [(f"{path.stem}_z{z:04d}", (lambda z=z: stack[z])) for z in range(shape[0])]
+    return [(path.stem, lambda: io.read_image(path))]
+
+
+def _write_atomic(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp.unlink(missing_ok=True)
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def to_preview(image: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """8-bit preview: linear stretch of [lo, hi] (default: 0.5 and 99.5 percentiles) to [0, 255]."""
+    image = np.asarray(image, np.float64)
+    lo = np.percentile(image, 0.5) if lo is None else lo
+    hi = np.percentile(image, 99.5) if hi is None else hi
+    return np.clip(np.rint((image - lo) / max(hi - lo, 1e-12) * 255), 0, 255).astype(np.uint8)
+
+
+def write_png(path: pathlib.Path, image8: np.ndarray) -> None:
+    from PIL import Image
+
+    _write_atomic(path, lambda p: Image.fromarray(image8).save(p, format="PNG"))
+
+
+def _check_output(input_path: pathlib.Path, output: pathlib.Path) -> None:
+    inp, out = input_path.resolve(), output.resolve()
+    if inp == out or out in inp.parents or (inp.is_dir() and inp in out.parents):
+        raise ValueError(f"output folder {output} overlaps the input {input_path}; choose a separate folder so "
+                         "the input can never be overwritten")
+    if (output / "report.json").exists():
+        raise ValueError(f"{output} already holds a finished prediction (report.json); choose a new folder")
+
+
+def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike, *,
+                  task: str, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
+                  harmonize: bool = False, keep_samples: bool = False, normalization: str = "auto",
+                  threshold: float = uncertainty.DEFAULT_THRESHOLD, window: int = 64,
+                  settings: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """Restores every image of `input_path` into the folder `output`; returns (and writes) the report."""
+    if task not in ("denoise", "superres"):
+        raise ValueError(f"task must be 'denoise' or 'superres', got {task!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
+    input_path, output = pathlib.Path(input_path), pathlib.Path(output)
+    items = list_inputs(input_path)
+    _check_output(input_path, output)
+    output.mkdir(parents=True, exist_ok=True)
+    if num_samples < 2:
+        log("K=1: no uncertainty can be estimated (std, score and reliability need K >= 2)")
+    key = jax.random.key(seed)
+    run_settings = {"task": task, "input": str(input_path), "num_samples": num_samples, "seed": seed,
+                    "tile": tile, "overlap": overlap, "harmonize": harmonize, "threshold": threshold,
+                    "reliability_window": window, "normalization": normalization, **(settings or {})}
+    images, start = [], time.perf_counter()
+    for index, (name, load) in enumerate(items):
+        t0 = time.perf_counter()
+        raw = load()
+        mode = normalization if normalization != "auto" else ("uint8" if raw.dtype == np.uint8 else "percentile")
+        try:
+            params = normalize.fit_normalization(raw, mode)
+        except ValueError as err:
+            raise io.DataError(f"{input_path} ({name}): {err}") from err
+        pred = inference.predict_image(restorer, normalize.apply_normalization(raw, params),
+                                       jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
+                                       overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
+                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})",
+                                       progress=lambda done, total: log(f"  {name}: {done}/{total} tile samples"))
+        mean = normalize.denormalize(np.clip(pred.mean, -1, 1), params)
+        std = (pred.std / 2.0).astype(np.float32)
+        files = {f"{name}_mean.tif": mean, f"{name}_std.tif": std}
+        entry = {"name": name, "input_shape": list(raw.shape), "output_shape": list(mean.shape),
+                 "dtype": str(raw.dtype), "normalization": params.to_dict(), "tiles": pred.num_tiles}
+        if num_samples > 1:
+            assessment = uncertainty.assess(std, threshold, tile=tile, window=window)
+            files[f"{name}_reliability.tif"] = assessment.local_score.astype(np.float32)
+            entry.update(assessment.summary())
+        else:
+            entry.update(score=None, reliable=None, threshold=threshold, tile_scores=None)
+        if keep_samples:
+            files[f"{name}_samples.tif"] = normalize.denormalize(np.clip(pred.samples, -1, 1), params)
+        for fname, array in files.items():
+            _write_atomic(output / fname, lambda p, a=array: io.write_tiff(p, a, axes="ZYX"[-a.ndim:]))
+        write_png(output / f"{name}_input.png", to_preview(raw))
+        write_png(output / f"{name}_mean.png", to_preview(mean))
+        write_png(output / f"{name}_std.png", to_preview(std, 0.0, max(2 * threshold, float(std.max()))))
+        if num_samples > 1:
+            write_png(output / f"{name}_reliability.png", assessment.reliable_map.astype(np.uint8) * 255)
+        entry["seconds"] = time.perf_counter() - t0
+        entry["sampling_seconds"] = pred.seconds
+        images.append(entry)
+        flag = "" if entry["score"] is None else \
+            f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
+        log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
+            f"{entry['seconds']:.1f} s{flag}")
+    report = {"settings": run_settings,
+              "score_definition": "mean over pixels of the per-pixel std of the K samples, intensities in [0, 1]; "
+                                  "flagged unreliable when score > threshold",
+              "images": images, "total_seconds": time.perf_counter() - start}
+    _write_atomic(output / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    return report
+
+
+
+def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.PathLike, block: int):
+    """Held-out (mean, std, target) in [0, 1] units as (N, block, block) arrays, from a predict.py output.
+
+    predictions: the output folder of `restore_files` (needs report.json, <name>_mean.tif, <name>_std.tif,
+    i.e. K >= 2); target: the ground-truth image, stack or folder, whose images match the predicted ones by
+    name and shape. Every image is cut into non-overlapping block x block squares (incomplete border
+    squares are dropped); each square is one calibration unit.
+    """
+    predictions = pathlib.Path(predictions)
+    report_path = predictions / "report.json"
+    if not report_path.exists():
+        raise io.DataError(f"{predictions}: no report.json; pass the output folder of a finished launch/predict.py")
+    entries = {e["name"]: e for e in json.loads(report_path.read_text())["images"]}
+    targets = dict(list_inputs(target))
+    missing = sorted(set(entries) - set(targets))
+    if missing:
+        raise io.DataError(f"{target}: no ground truth for predicted images {missing[:5]}; name the targets "
+                           "like the inputs given to predict.py")
+    means, stds, gts = [], [], []
+    for name, entry in entries.items():
+        if entry.get("score") is None:
+            raise io.DataError(f"{predictions}: {name} was predicted with K=1; calibration needs K >= 2")
+        params = normalize.NormParams.from_dict(entry["normalization"])
+        mean = io.read_image(predictions / f"{name}_mean.tif")
+        std = io.read_image(predictions / f"{name}_std.tif").astype(np.float64)
+        gt = targets[name]()
+        if gt.shape != mean.shape:
+            raise io.DataError(f"{target} ({name}): ground truth shape {gt.shape} differs from the prediction "
+                               f"{mean.shape}")
+        unit = lambda x: (normalize.apply_normalization(x, params).astype(np.float64) + 1.0) / 2.0  # noqa: E731
+        h, w = (mean.shape[0] // block) * block, (mean.shape[1] // block) * block
+        if h == 0 or w == 0:
+            raise io.DataError(f"{predictions} ({name}): image {mean.shape} smaller than the {block} px block")
+        for arr, out in ((unit(mean), means), (std, stds), (unit(gt), gts)):
+            out.append(arr[:h, :w].reshape(h // block, block, w // block, block).swapaxes(1, 2)
+                       .reshape(-1, block, block))
+    return np.concatenate(means), np.concatenate(stds), np.concatenate(gts)

@@ -1,0 +1,317 @@
+"""``train_and_evaluate(config, workdir)``: the sharded training loop with validation and exact resume.
+
+One run = one workdir holding ``config.json``, ``checkpoints/``, ``metrics.jsonl`` (logged steps) and
+``tensorboard/`` (event files). Restarting with the same workdir resumes from its newest checkpoint and
+reproduces the uninterrupted run step for step: the data batch and the random key of step s are pure
+functions of (seed, s), and the whole state (including Adam's moments) is restored exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
+from emdiffuse_jax.diffusion import schedules
+from emdiffuse_jax.optim import make_optimizer
+from emdiffuse_jax.train_config import TASKS, VEM_TASKS
+from emdiffuse_jax.train_state import TrainState, create_train_state
+from emdiffuse_jax.train_step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Clear errors for settings that would otherwise fail deep inside JAX."""
+    if config.task not in TASKS:
+        raise ValueError(f"config.task {config.task!r} is not one of {TASKS}")
+    if bool(config.model.vem) != (config.task in VEM_TASKS):
+        raise ValueError(f"config.model.vem={config.model.vem} does not fit task {config.task!r}")
+    want_in = 3 if config.task in VEM_TASKS else 2
+    if config.model.in_channel != want_in:
+        raise ValueError(f"task {config.task!r} needs model.in_channel={want_in}, got {config.model.in_channel}")
+    if config.task in VEM_TASKS and config.data.z_factor < 2:
+        raise ValueError(f"vEM tasks need data.z_factor >= 2, got {config.data.z_factor}")
+    down = 2 ** (len(config.model.channel_mults) - 1)
+    if config.data.patch_size % down:
+        raise ValueError(f"data.patch_size {config.data.patch_size} must be divisible by {down} "
+                         f"(the UNet halves the image {len(config.model.channel_mults) - 1} times)")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+    if config.num_steps < 1 or config.log_every < 1:
+        raise ValueError("num_steps and log_every must be >= 1")
+
+
+def build_sources(config: ml_collections.ConfigDict):
+    """Train and held-out validation sources of the data pipeline; logs which data is used."""
+    from emdiffuse_jax.data.pipeline import build_train_source
+
+    input_path = config.data.input_path or None
+    target_path = config.data.target_path or None
+    kwargs = dict(patch_size=config.data.patch_size,
+                  z_factor=config.data.z_factor if config.task in VEM_TASKS else None,
+                  val_fraction=config.data.val_fraction, normalization=config.data.normalization or None,
+                  degrade=config.data.degrade or None)
+    train = build_train_source(config.task, input_path, target_path, split="train", **kwargs)
+    val = build_train_source(config.task, input_path, target_path, split="validation", **kwargs)
+    if input_path is None:
+        log.info("training data: built-in synthetic phantoms (config.data.input_path is empty): %s", train)
+    else:
+        log.info("training data: %s", train)
+    return train, val
+
+
+def _check_params_fit(loaded: Any, abstract: Any, source: str) -> None:
+    want = {jax.tree_util.keystr(p): a.shape for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
+    got = {jax.tree_util.keystr(p): np.shape(a) for p, a in jax.tree_util.tree_leaves_with_path(loaded)}
+    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if bad:
+        raise checkpointing.IncompatibleCheckpointError(
+            f"init_from {source}: parameters do not fit the configured network ({len(bad)} differ, e.g. "
+            f"{bad[0]}: {got.get(bad[0])} vs {want.get(bad[0])}); configure model.* like the source model")
+
+
+class _PreemptionFlag:
+    """SIGTERM sets a flag (single process): the loop then saves, waits and returns cleanly."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:   # not the main thread: rely on Orbax's multi-host preemption service
+                self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _frozen(d: Any) -> tuple:
+    """A hashable, order-independent copy of a (nested) config dict."""
+    return tuple(sorted((k, _frozen(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v)
+                        for k, v in d.items()))
+
+
+class Programs(NamedTuple):
+    """The jitted functions of one (network, optimizer, mesh) setting, compiled once per process."""
+    tx: Any
+    abstract: Any            # abstract TrainState
+    shardings: Any           # TrainState of NamedShardings
+    init: Any                # key -> TrainState
+    from_params: Any         # params -> TrainState (transfer learning)
+    train_step: Any          # (state, batch, key) -> (state, metrics)
+
+
+@functools.lru_cache(maxsize=4)
+def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, ema_decay: float,
+                   compute_dtype: str, mesh: Any, fsdp_min_size: int) -> Programs:
+    """Builds (and caches, so repeated runs in one process such as tests or notebooks reuse compilations)
+    the optimizer, the state shardings and the jitted init and train-step functions."""
+    tx = make_optimizer(**dict(optim))
+
+    def init_state(key):
+        return create_train_state(models.init_params(unet, key), tx)
+
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    shardings = parallel.state_sharding(mesh, abstract, fsdp_min_size)
+    gammas = schedules.make_schedule(**dict(train_schedule)).gammas
+    apply_fn = models.make_apply_fn(unet, jnp.dtype(compute_dtype))
+    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay)
+    return Programs(tx=tx, abstract=abstract, shardings=shardings,
+                    init=jax.jit(init_state, out_shardings=shardings),
+                    from_params=jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings),
+                    train_step=parallel.jit_train_step(step_fn, mesh, shardings))
+
+
+def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
+    """build_programs for a config (cached: equal settings share one compilation per process)."""
+    return build_programs(models.unet_config(config.model.to_dict()), _frozen(config.optim.to_dict()),
+                          _frozen(config.diffusion.train_schedule.to_dict()), config.task in VEM_TASKS,
+                          float(config.ema_decay), config.compute_dtype, mesh, int(config.mesh.fsdp_min_size))
+
+
+@functools.lru_cache(maxsize=4)
+def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str) -> Any:
+    """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
+    dtype = jnp.dtype(compute_dtype)
+    return jax.jit(evaluation.make_validation_fn(
+        lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
+        num_samples=num_samples))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) ``config`` in ``workdir`` up to config.num_steps; returns the final state."""
+    check_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(config.to_dict()), indent=2))
+
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size, jax.process_count())
+    parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
+    unet = models.unet_config(config.model.to_dict())
+    identity = checkpointing.model_identity(config.task, unet)
+    vem = config.task in VEM_TASKS
+    programs = programs_for(config, mesh)
+    abstract, shardings = programs.abstract, programs.shardings
+    root_key = jax.random.key(config.seed)
+    init_key, train_key, eval_key = (jax.random.fold_in(root_key, i) for i in range(3))
+
+    ckpt = checkpointing.Checkpointer(
+        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+        keep_best=config.checkpoint.keep_best if config.eval.every_steps else 0,
+        best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode)
+    ckpt.check_compatible(identity)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, parallel.with_sharding(abstract, shardings))
+        log.info("resuming from %s at step %d", ckpt.directory / str(latest), latest)
+    elif config.init_from:
+        loaded = checkpointing.load_model(config.init_from, task=config.task, unet=unet)
+        _check_params_fit(loaded.params, abstract.params, config.init_from)
+        params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), loaded.params, shardings.params)
+        state = programs.from_params(params)
+        log.info("fresh run initialised from %s (EMA weights of the source model)", config.init_from)
+    else:
+        state = programs.init(init_key)
+        log.info("fresh run: %d parameters initialised", models.count_params(unet))
+
+    step = int(jax.device_get(state.step))
+    meta = {**identity, "z_factor": int(config.data.z_factor) if vem else None,
+            "patch_size": int(config.data.patch_size), "config": config.to_dict()}
+    if step >= config.num_steps:
+        log.info("workdir already at step %d >= num_steps %d; nothing to do", step, config.num_steps)
+        ckpt.close()
+        return state
+
+    train_source, val_source = build_sources(config)
+    train_step, validate = programs.train_step, None
+    batch_sharding = parallel.batch_sharding(mesh)
+    base_key = jax.device_put(train_key, parallel.replicated(mesh))
+    if config.eval.every_steps:
+        test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
+        validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
+                                    config.compute_dtype)
+        val_batch = parallel.replicated_batch(
+            val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
+
+    metrics_log = summary.MetricsLog(workdir / "metrics.jsonl", resume_step=step if latest is not None else None,
+                                     enabled=is_main)
+    writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
+    t_last, step_last, t_first = time.time(), step, None
+    with _PreemptionFlag() as preempt:
+        batches = _batches(train_source, config, step)
+        try:
+            for data_step, local in batches:
+                assert data_step == step
+                state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), base_key)
+                step += 1
+                if t_first is None:
+                    jax.block_until_ready(metrics)
+                    t_first = time.time() - t_last
+                    log.info("first step (with compilation) took %.1f s", t_first)
+                    t_last, step_last = time.time(), step
+                preempted = preempt.raised or ckpt.reached_preemption(step)
+                do_eval = validate is not None and (step % config.eval.every_steps == 0
+                                                     or step == config.num_steps)
+                do_save = (ckpt.should_save(step) or step == config.num_steps or preempted or do_eval)
+                do_log = step % config.log_every == 0 or step == config.num_steps
+                if not (do_log or do_save):
+                    continue   # (the loop ends at num_steps, which always logs and saves)
+                metrics = jax.device_get(metrics)
+                if not metrics["finite"] > 0:
+                    ckpt.wait()
+                    raise FloatingPointError(
+                        f"loss or gradients became NaN/Inf by step {step} (loss {metrics['loss']}); stopped "
+                        f"without saving. The last good checkpoint (step {ckpt.latest_step()}) is intact in "
+                        f"{ckpt.directory}; lower optim.learning_rate or set optim.grad_clip_norm and resume.")
+                if do_log:
+                    now = time.time()
+                    elapsed = max(now - t_last, 1e-9)
+                    rate = (step - step_last) / elapsed if step > step_last else 1 / t_first
+                    t_last, step_last = now, step
+                    loss = float(metrics["loss"])
+                    log.info("step %d/%d | loss %.5f | grad norm %.3g | %.2f steps/s | ETA %s", step,
+                             config.num_steps, loss, float(metrics["grad_norm"]), rate,
+                             _format_eta((config.num_steps - step) / rate if rate > 0 else float("inf")))
+                    metrics_log.write(step, loss=loss, grad_norm=float(metrics["grad_norm"]))
+                    if writer is not None:
+                        writer.scalar("train/loss", loss, step)
+                        writer.scalar("train/grad_norm", float(metrics["grad_norm"]), step)
+                        writer.scalar("train/steps_per_sec", rate, step)
+                        writer.flush()
+                val_metrics = None
+                if do_eval:
+                    val_metrics = _run_validation(validate, state, val_batch, eval_key, step, config, writer)
+                    metrics_log.write(step, **{f"val_{k}": v for k, v in val_metrics.items()})
+                if do_save:
+                    ckpt.save(step, state, {**meta, "step": step}, metrics=val_metrics, force=True)
+                if preempted:
+                    log.info("preemption signal: saved step %d, exiting", step)
+                    break
+                if step >= config.num_steps:
+                    break
+        finally:
+            batches.close()
+            ckpt.close()
+            if writer is not None:
+                writer.close()
+    return state
+
+
+def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
+    """This process's rows of the global batches from start_step on, prepared ahead in a thread."""
+    from emdiffuse_jax.data.pipeline import iterate_batches
+
+    return iterate_batches(source, config.seed, start_step, process_index=jax.process_index(),
+                           process_count=jax.process_count(), global_batch=config.batch_size, prefetch=2)
+
+
+def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.Array, step: int,
+                    config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
+    t0 = time.time()
+    metrics, mean, std = validate(state.ema_params, val_batch, jax.random.fold_in(eval_key, step))
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    log.info("validation at step %d (EMA weights, %d sampler steps, %.1f s): %s", step,
+             config.eval.sample_steps, time.time() - t0, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if writer is not None:
+        for name, value in metrics.items():
+            writer.scalar(f"val/{name}", value, step)
+        host = {k: np.asarray(jax.device_get(v)) for k, v in
+                {"cond": val_batch["cond"], "target": val_batch["target"], "mean": mean, "std": std}.items()}
+        for i in range(min(config.eval.num_images, host["cond"].shape[0])):
+            panel = evaluation.summary_panel(host["cond"][i], host["mean"][i], host["std"][i], host["target"][i])
+            writer.image(f"val/{i}/condition_mean_std_target", summary.to_uint8(panel, 0.0, 1.0), step)
+        writer.flush()
+    return metrics

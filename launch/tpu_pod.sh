@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Train on a multi-host Cloud TPU pod slice: every worker runs the same command at the same time, with a
+# workdir on a filesystem shared by all workers (NFS/Filestore or a gcsfuse mount): one checkpoint, any
+# worker restart resumes.
+# Usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]
+#   launch/tpu_pod.sh my-v4-32 us-central2-b configs/emdiffuse_n.py /mnt/shared/runs/emd_n \
+#       --config.batch_size=256 --config.data.input_path=/mnt/shared/data/noisy
+# Prerequisites on every worker (once): the repository at ~/emdiffuse-jax and
+#   pip install "jax[tpu]" -e ~/emdiffuse-jax   (e.g. with --command and --worker=all as below).
+# jax.distributed.initialize() runs automatically on TPU pods (config.distributed=auto); each process then
+# loads only its own rows of every global batch. Re-run the same command after a preemption to resume.
+set -euo pipefail
+if [[ $# -lt 4 ]]; then
+  sed -n '2,12p' "$0"; exit 2
+fi
+TPU_NAME="$1"; ZONE="$2"; CONFIG="$3"; WORKDIR="$4"; shift 4
+EXTRA=""
+for arg in "$@"; do EXTRA+=" $(printf '%q' "$arg")"; done
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command \
+  "cd ~/emdiffuse-jax && python3 launch/train.py --config=$(printf '%q' "$CONFIG") \
+   --workdir=$(printf '%q' "$WORKDIR") --config.distributed=always$EXTRA"

@@ -1,0 +1,108 @@
+"""launch/predict.py and the file-level restoration: every output, wrong checkpoints, inputs left intact."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+
+from emdiffuse_jax import checkpointing, inference, models, restore
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(in_channel=2, out_channel=1, inner_channel=16, channel_mults=(1, 2), attn_res=(), num_head_channels=16,
+            res_blocks=1, dropout=0.0, image_size=32, vem=False, zero_init=False)
+
+
+def save_checkpoint(workdir, task, unet_values, z_factor=None):
+    unet = models.unet_config(unet_values)
+    params = models.init_params(unet, jax.random.key(0))
+    ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
+    meta = {**checkpointing.model_identity(task, unet), "z_factor": z_factor, "step": 1}
+    ckpt.save(1, {"params": params, "ema_params": params}, meta, force=True)
+    ckpt.close()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def denoise_ckpt(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "denoise", "denoise", TINY)
+
+
+@pytest.fixture()
+def image16(tmp_path):
+    yy, xx = np.mgrid[:40, :52]
+    img = (20000 + 10000 * np.sin(yy / 5.0) * np.cos(xx / 7.0)).astype(np.uint16)
+    path = tmp_path / "cell.tif"
+    tifffile.imwrite(path, img)
+    return path, img
+
+
+def test_predict_command_writes_every_output(denoise_ckpt, image16, tmp_path):
+    path, img = image16
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "launch" / "predict.py"), "--task=denoise", f"--checkpoint={denoise_ckpt}",
+           f"--input={path}", f"--output={out}", "--num_samples=2", "--sampler=dpm", "--steps=3", "--seed=1",
+           "--tile=32", "--overlap=8", "--save_samples"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    mean = tifffile.imread(out / "cell_mean.tif")
+    std = tifffile.imread(out / "cell_std.tif")
+    assert mean.shape == img.shape and mean.dtype == np.uint16
+    assert std.dtype == np.float32 and std.shape == img.shape and std.max() > 0
+    assert tifffile.imread(out / "cell_samples.tif").shape == (2,) + img.shape
+    for name in ("input", "mean", "std", "reliability"):
+        assert (out / f"cell_{name}.png").stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    entry = report["images"][0]
+    assert entry["score"] == pytest.approx(float(std.mean()), rel=1e-4)
+    assert entry["reliable"] == (entry["score"] <= 0.12) and entry["threshold"] == 0.12
+    assert np.asarray(entry["tile_scores"]).shape == (2, 2)
+    assert report["settings"]["sampler"]["name"] == "dpm" and report["settings"]["sampler"]["steps"] == 3
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    np.testing.assert_array_equal(tifffile.imread(path), img)
+
+
+def test_checkpoint_of_another_task_is_refused(denoise_ckpt):
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="superres"):
+        checkpointing.load_model(denoise_ckpt, task="superres")
+
+
+def test_restore_refuses_to_write_into_the_input(denoise_ckpt, image16):
+    path, _ = image16
+    loaded = checkpointing.load_model(denoise_ckpt, task="denoise")
+    restorer = restore.make_restorer(loaded, inference.SamplerSpec("ddim", 2))
+    with pytest.raises(ValueError, match="overlaps the input"):
+        restore.restore_files(restorer, path.parent, path.parent / "out", task="denoise", tile=32, overlap=8)
+    with pytest.raises(ValueError, match="num_samples"):
+        restore.restore_files(restorer, path, path.parent / "o2", task="denoise", num_samples=0)
+
+
+def test_stack_inputs_are_split_into_images(tmp_path):
+    stack = np.zeros((3, 16, 16), np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    names = [name for name, _ in restore.list_inputs(tmp_path / "s.tif")]
+    assert names == ["s_z0000", "s_z0001", "s_z0002"]
+
+
+def test_isotropic_command_builds_the_volume_and_refuses_a_2d_model(denoise_ckpt, tmp_path):
+    vem_ckpt = save_checkpoint(tmp_path / "vem", "vem_i", {**TINY, "in_channel": 3, "vem": True}, z_factor=2)
+    stack = np.stack([np.full((24, 20), v, np.uint8) for v in (40, 120, 200)])
+    tifffile.imwrite(tmp_path / "vol.tif", stack, photometric="minisblack")
+    base = [sys.executable, str(ROOT / "launch" / "isotropic.py"), f"--input={tmp_path / 'vol.tif'}", "--z_factor=2",
+            "--num_samples=2", "--sampler=ddim", "--steps=2", "--tile=16", "--overlap=4"]
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    bad = subprocess.run(base + [f"--checkpoint={denoise_ckpt}", f"--output={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert bad.returncode != 0 and "launch/predict.py" in bad.stderr + bad.stdout
+    ok = subprocess.run(base + [f"--checkpoint={vem_ckpt}", f"--output={tmp_path / 'iso'}"],
+                        capture_output=True, text=True, timeout=600, env=env)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    mean = tifffile.imread(sorted((tmp_path / "iso" / "mean").glob("*.tif"))[1])
+    assert len(list((tmp_path / "iso" / "mean").glob("*.tif"))) == 5 and mean.shape == (24, 20)
+    report = json.loads((tmp_path / "iso" / "report.json").read_text())
+    assert report["output_shape"] == [5, 24, 20] and len(report["slab_scores"]) == 2
