@@ -18,8 +18,8 @@ def test_full_size_parameter_counts_match_the_reference():
 
 
 def test_full_size_network_has_attention_only_in_the_middle_block():
-    names = set(abstract_params(FULL_2D))
-    attention_blocks = {n for n in names if "qkv" in abstract_params(FULL_2D)[n]}
+    params = abstract_params(FULL_2D)
+    attention_blocks = {name for name, block in params.items() if "qkv" in block}
     assert attention_blocks == {"middle_block_1"}
     assert unet_config(FULL_2D).attention_levels == ()
 
@@ -68,9 +68,10 @@ def test_unknown_config_key_is_rejected():
         unet_config(dict(FULL_2D, inner_channels=32))
 
 
-def test_dropout_only_when_training():
-    cfg = unet_config(dict(FULL_2D, inner_channel=16, channel_mults=[1, 2], res_blocks=1, dropout=0.5))
-    params = init_params(cfg, jax.random.key(0))
+def test_dropout_only_when_training(tiny_unet, tiny_params):
+    # Dropout has no parameters: the tiny network's parameters serve a copy configured with dropout 0.5.
+    cfg = unet_config(dict(tiny_unet.__dict__, dropout=0.5))
+    params = tiny_params
     apply = jax.jit(make_apply_fn(cfg))
     x = jax.random.normal(jax.random.key(1), (1, 8, 8, 2))
     gamma = jnp.full((1,), 0.3)
@@ -85,7 +86,8 @@ def test_kaiming_initialisation_and_optional_zero_init(tiny_unet, tiny_params):
     assert float(jnp.std(tiny_params["input_blocks_1_0"]["in_conv"]["kernel"])) == pytest.approx(
         np.sqrt(2 / (9 * 16)), rel=0.15)
     assert float(jnp.abs(kernel).max()) > 0
-    zero = init_params(unet_config(dict(tiny_unet.__dict__, zero_init=True)), jax.random.key(0))
+    small = dict(tiny_unet.__dict__, channel_mults=(1,), attn_res=(), zero_init=True)  # quick to compile
+    zero = init_params(unet_config(small), jax.random.key(0))
     assert float(jnp.abs(zero["out_conv"]["kernel"]).max()) == 0
     assert float(jnp.abs(zero["middle_block_1"]["proj_out"]["kernel"]).max()) == 0
     assert float(jnp.abs(zero["input_blocks_1_0"]["out_conv"]["kernel"]).max()) == 0
