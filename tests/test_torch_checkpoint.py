@@ -292,9 +292,10 @@ def test_damaged_pickle_is_reported(tmp_path):
 
 
 # ----------------------------------------------------------------------------- optional torch
+@pytest.mark.torch
 def test_reader_agrees_with_torch_load(tmp_path):
-    """Optional cross-check; runs only where PyTorch is installed (it is not a dependency)."""
-    torch = pytest.importorskip("torch")
+    """Optional cross-check against PyTorch itself: `pip install -e ".[torch]"; pytest -m torch`."""
+    import torch
     source = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     saved = {"t": source.t()[1:], "h": source.to(torch.bfloat16), "i": torch.tensor(7),
              "p": torch.nn.Parameter(source[2])}
