@@ -15,3 +15,43 @@ def configure_logging() -> logging.Logger:
     ours.handlers = [handler]
     ours.propagate = False
     return ours
+
+
+class SamplingFlags:
+    """The sampling, tiling and self-assessment flags that launch/predict.py and launch/isotropic.py share."""
+
+    def __init__(self, item: str):
+        from absl import flags
+
+        self.num_samples = flags.DEFINE_integer(
+            "num_samples", 2, f"Samples K per {item}; K >= 2 gives the uncertainty.")
+        self.sampler = flags.DEFINE_enum("sampler", "ddpm", ["ddpm", "ddim", "dpm"], "Reverse-diffusion sampler.")
+        self.steps = flags.DEFINE_integer(
+            "steps", None, "Network evaluations per sample (default ddpm 1000, ddim 50, dpm 20).")
+        self.eta = flags.DEFINE_float("eta", 0.0, "DDIM noise scale in [0, 1] (0 = deterministic).")
+        self.seed = flags.DEFINE_integer("seed", 0, "Random seed (results are reproducible for a given seed).")
+        self.tile = flags.DEFINE_integer("tile", 256, "Tile size in pixels (network input; multiple of 8).")
+        self.overlap = flags.DEFINE_integer("overlap", 32, "Tile overlap in pixels, blended smoothly.")
+        self.harmonize = flags.DEFINE_bool(
+            "harmonize", False, "Match each tile's mean intensity to its input tile.")
+        self.threshold = flags.DEFINE_float(
+            "threshold", 0.12, f"Uncertainty score above which a {item} is flagged.")
+        self.normalization = flags.DEFINE_enum(
+            "normalization", "auto", ["auto", "uint8", "minmax", "percentile"],
+            "Intensity mapping to [-1, 1]; auto = uint8 for 8-bit input, else percentile.")
+        self.batch_per_device = flags.DEFINE_integer(
+            "batch_per_device", 4, "Rows (tiles x samples) per device per call (halves on out-of-memory).")
+
+    def check(self, argv) -> None:
+        """Rejects stray arguments and K < 1 before anything is loaded."""
+        from absl import app
+
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if self.num_samples.value < 1:
+            raise app.UsageError(f"--num_samples must be >= 1, got {self.num_samples.value}")
+
+    def sampler_spec(self):
+        from emdiffuse_jax import inference
+
+        return inference.SamplerSpec(self.sampler.value, self.steps.value, eta=self.eta.value)
