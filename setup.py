@@ -15,6 +15,7 @@ setup(
         "flax>=0.11",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.5",   # workdirs on local disks or object stores (gs://...), as Orbax uses them
         "numpy>=1.26",
         "tifffile>=2024.1.30",
         "ml-collections>=0.1.1",
@@ -29,5 +30,7 @@ setup(
         "test": ["pytest>=8"],
         # torch is only an optional cross-check of the checkpoint reader.
         "torch": ["torch>=2.0"],
+        # workdirs on Google Cloud Storage (gs://...) through etils.epath / fsspec.
+        "gcs": ["gcsfs"],
     },
 )

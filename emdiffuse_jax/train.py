@@ -14,7 +14,6 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -159,34 +158,66 @@ def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
                           float(config.ema_decay), config.compute_dtype, mesh, int(config.mesh.fsdp_min_size))
 
 
+def padded_rows(rows: int, mesh: Any) -> int:
+    """The validation batch padded to a multiple of the mesh's devices (so that it splits over them)."""
+    ndev = mesh.devices.size
+    return -(-rows // ndev) * ndev
+
+
 @functools.lru_cache(maxsize=4)
-def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str) -> Any:
-    """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
+def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str,
+                     mesh: Any, rows: int) -> Any:
+    """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs).
+
+    The batch holds ``padded_rows(rows, mesh)`` rows split over the mesh like a training batch (the
+    computation follows the shardings of its inputs), so every device samples only its share; rows past ``rows`` repeat the last one and are left out of the
+    metrics and outputs (which are replicated: small, and read on process 0 for TensorBoard).
+    """
     dtype = jnp.dtype(compute_dtype)
-    return jax.jit(evaluation.make_validation_fn(
+    sample = evaluation.make_validation_fn(
         lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
-        num_samples=num_samples))
+        num_samples=num_samples)
+
+    def validate(params, batch, key):
+        _, mean, std = sample(params, batch, key)
+        mean, std = mean[:rows], std[:rows]
+        return evaluation.image_metrics(mean, batch["target"][:rows]), mean, std
+
+    out = parallel.replicated(mesh)
+    return jax.jit(validate, out_shardings=(out, out, out))
+
+
+def _validation_batch(val_source: Any, config: ml_collections.ConfigDict, mesh: Any):
+    """(host batch, global padded batch): the same few patches on every process (rows padded with the last
+    one up to a multiple of the devices), each process placing only its devices' rows."""
+    rows = int(config.data.val_batch_size)
+    host = val_source.batch(config.seed, 0, 0, 1, rows)
+    pad = padded_rows(rows, mesh) - rows
+    padded = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in host.items()}
+    sharding = parallel.batch_sharding(mesh)
+    return host, parallel.host_to_global(padded, {k: sharding for k in padded})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) ``config`` in ``workdir`` up to config.num_steps; returns the final state."""
     check_config(config)
-    workdir = Path(workdir)
+    workdir = checkpointing.storage_path(workdir)
+    parallel.check_processes_agree({"config": checkpointing.jsonable(config.to_dict()), "workdir": str(workdir)})
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
         (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(config.to_dict()), indent=2))
 
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, dcn_data=config.mesh.dcn_data)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size, jax.process_count())
-    parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
+    batch_sharding = parallel.batch_sharding(mesh)
+    row_blocks = parallel.process_row_blocks(batch_sharding, config.batch_size)   # clear divisibility error
     unet = models.unet_config(config.model.to_dict())
     identity = checkpointing.model_identity(config.task, unet)
     vem = config.task in VEM_TASKS
     programs = programs_for(config, mesh)
     abstract, shardings = programs.abstract, programs.shardings
-    root_key = jax.random.key(config.seed)
-    init_key, train_key, eval_key = (jax.random.fold_in(root_key, i) for i in range(3))
+    init_key, train_key, eval_key = parallel.global_keys(config.seed, 3, mesh)
 
     ckpt = checkpointing.Checkpointer(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
@@ -200,8 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     elif config.init_from:
         loaded = checkpointing.load_model(config.init_from, task=config.task, unet=unet)
         _check_params_fit(loaded.params, abstract.params, config.init_from)
-        params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), loaded.params, shardings.params)
-        state = programs.from_params(params)
+        state = programs.from_params(parallel.host_to_global(loaded.params, shardings.params))
         log.info("fresh run initialised from %s (EMA weights of the source model)", config.init_from)
     else:
         state = programs.init(init_key)
@@ -217,25 +247,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     train_source, val_source = build_sources(config)
     train_step, validate = programs.train_step, None
-    batch_sharding = parallel.batch_sharding(mesh)
-    base_key = jax.device_put(train_key, parallel.replicated(mesh))
     if config.eval.every_steps:
         test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
         validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
-                                    config.compute_dtype)
-        val_batch = parallel.replicated_batch(
-            val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
+                                    config.compute_dtype, mesh, int(config.data.val_batch_size))
+        val_host, val_batch = _validation_batch(val_source, config, mesh)
 
     metrics_log = summary.MetricsLog(workdir / "metrics.jsonl", resume_step=step if latest is not None else None,
                                      enabled=is_main)
     writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
     t_last, step_last, t_first = time.time(), step, None
     with _PreemptionFlag() as preempt:
-        batches = _batches(train_source, config, step)
+        batches = _batches(train_source, config, step, row_blocks)
         try:
             for data_step, local in batches:
                 assert data_step == step
-                state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), base_key)
+                state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), train_key)
                 step += 1
                 if t_first is None:
                     jax.block_until_ready(metrics)
@@ -270,13 +297,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                         writer.scalar("train/loss", loss, step)
                         writer.scalar("train/grad_norm", float(metrics["grad_norm"]), step)
                         writer.scalar("train/steps_per_sec", rate, step)
-                        writer.flush()
                 val_metrics = None
                 if do_eval:
-                    val_metrics = _run_validation(validate, state, val_batch, eval_key, step, config, writer)
+                    val_metrics = _run_validation(validate, state, val_host, val_batch, eval_key, step, config,
+                                                  writer)
                     metrics_log.write(step, **{f"val_{k}": v for k, v in val_metrics.items()})
                 if do_save:
                     ckpt.save(step, state, {**meta, "step": step}, metrics=val_metrics, force=True)
+                    _flush_logs(metrics_log, writer)
                 if preempted:
                     log.info("preemption signal: saved step %d, exiting", step)
                     break
@@ -285,21 +313,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         finally:
             batches.close()
             ckpt.close()
+            metrics_log.flush()
             if writer is not None:
                 writer.close()
     return state
 
 
-def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
-    """This process's rows of the global batches from start_step on, prepared ahead in a thread."""
+def _flush_logs(metrics_log: summary.MetricsLog, writer: summary.EventWriter | None) -> None:
+    """Makes the logs durable at a checkpoint (a no-op for local files, which are written line by line;
+    one upload each on object stores)."""
+    metrics_log.flush()
+    if writer is not None:
+        writer.flush()
+
+
+def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int, blocks: list[tuple[int, int]]):
+    """This process's rows (``blocks``, from parallel.process_row_blocks) of the global batches from
+    start_step on, prepared ahead in a thread per block. A block [a, b) is share a / (b - a) of
+    batch_size / (b - a) equal shares in the data source's terms."""
     from emdiffuse_jax.data.pipeline import iterate_batches
 
-    return iterate_batches(source, config.seed, start_step, process_index=jax.process_index(),
-                           process_count=jax.process_count(), global_batch=config.batch_size, prefetch=2)
+    gb = config.batch_size
+    streams = [iterate_batches(source, config.seed, start_step, process_index=a // (b - a),
+                               process_count=gb // (b - a), global_batch=gb, prefetch=2) for a, b in blocks]
+    try:
+        for parts in zip(*streams):
+            step = parts[0][0]
+            yield step, (parts[0][1] if len(parts) == 1 else
+                         {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]})
+    finally:
+        for stream in streams:
+            stream.close()
 
 
-def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.Array, step: int,
-                    config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
+def _run_validation(validate, state: TrainState, val_host: dict, val_batch: dict, eval_key: jax.Array,
+                    step: int, config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
     t0 = time.time()
     metrics, mean, std = validate(state.ema_params, val_batch, jax.random.fold_in(eval_key, step))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -308,10 +356,8 @@ def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.
     if writer is not None:
         for name, value in metrics.items():
             writer.scalar(f"val/{name}", value, step)
-        host = {k: np.asarray(jax.device_get(v)) for k, v in
-                {"cond": val_batch["cond"], "target": val_batch["target"], "mean": mean, "std": std}.items()}
+        host = {**val_host, "mean": np.asarray(mean), "std": np.asarray(std)}
         for i in range(min(config.eval.num_images, host["cond"].shape[0])):
             panel = evaluation.summary_panel(host["cond"][i], host["mean"][i], host["std"][i], host["target"][i])
             writer.image(f"val/{i}/condition_mean_std_target", summary.to_uint8(panel, 0.0, 1.0), step)
-        writer.flush()
     return metrics

@@ -1,8 +1,9 @@
 """Trains an EMDiffuse model: ``python launch/train.py --config=configs/emdiffuse_n.py[:tiny] --workdir=DIR``.
 
 Overrides: ``--config.batch_size=32 --config.optim.learning_rate=1e-4`` (unknown keys are an error).
-Re-running with the same --workdir resumes from its newest checkpoint. On a TPU pod run the same command
-on every worker with a shared workdir (see launch/tpu_pod.sh).
+Re-running with the same --workdir resumes from its newest checkpoint. Multi-process runs (TPU pods, GPU
+clusters) run the same command in every process with one shared workdir; see launch/tpu_pod.sh and the
+multi-host section of docs/training.md (--coordinator_address, --num_processes, --process_id).
 """
 
 import pathlib
@@ -19,6 +20,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuratio
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and TensorBoard events.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+from emdiffuse_jax.cli import DistributedFlags  # noqa: E402
+
+_DISTRIBUTED = DistributedFlags()
+
 
 def main(argv):
     if len(argv) > 1:
@@ -27,9 +32,8 @@ def main(argv):
     from emdiffuse_jax.cli import configure_logging
 
     ours = configure_logging()
-    from emdiffuse_jax import parallel
-
-    parallel.maybe_initialize_distributed(config.distributed)   # before any other JAX call
+    _DISTRIBUTED.initialize(config.distributed)   # before any other JAX call
+    _DISTRIBUTED.quiet_other_processes(ours)
     import jax
 
     from emdiffuse_jax.train import train_and_evaluate
