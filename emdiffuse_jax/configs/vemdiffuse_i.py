@@ -10,7 +10,8 @@ import pathlib
 
 from emdiffuse_jax import train_config
 
-_SHARED_STACK = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fibsem-medulla-250.tif"
+# ../shared next to a source checkout (absent in an installed package: phantoms then).
+_SHARED_STACK = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fibsem-medulla-250.tif"
 
 
 def get_config(arg: str | None = None):

@@ -1,7 +1,10 @@
-"""Calibrates the uncertainty of a model on held-out pairs (run launch/predict.py on their inputs first).
+"""Calibrates the uncertainty of a model on held-out pairs.
 
-  python launch/calibrate.py --predictions=PRED_DIR --target=GT_IMAGE_STACK_OR_FOLDER --output=DIR \
+  emdiffuse calibrate --predictions=PRED_DIR --target=GT_IMAGE_STACK_OR_FOLDER --output=DIR
       [--tolerance=0.05] [--alpha=0.1] [--delta=0.1] [--block=64]
+
+PRED_DIR: what `emdiffuse predict` (K >= 2) wrote for the held-out inputs. From a checkout:
+python launch/calibrate.py with the same flags.
 
 (a) Risk-controlling pixel intervals: the scale lam such that [mean - lam std, mean + lam std] misses at most
     a fraction alpha of the pixels, with probability 1 - delta (Hoeffding-Bentkus bound over the blocks).
@@ -14,12 +17,12 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import numpy as np
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from emdiffuse_jax import cli
 
-_PREDICTIONS = flags.DEFINE_string("predictions", None, "Output folder of launch/predict.py (K >= 2).")
+_PREDICTIONS = flags.DEFINE_string("predictions", None, "Output folder of `emdiffuse predict` (K >= 2).")
 _TARGET = flags.DEFINE_string("target", None, "Ground truth matching the predicted images (same names/shapes).")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for calibration.json and calibration.png.")
 _TOLERANCE = flags.DEFINE_float("tolerance", 0.05, "Error tolerance: block MAE in [0, 1] units.")
@@ -108,5 +111,6 @@ def main(argv):
     print(json.dumps(result, indent=2))
 
 
-if __name__ == "__main__":
-    app.run(main)
+def run(argv=None):
+    """Runs this program (``emdiffuse calibrate`` and ``launch/calibrate.py``)."""
+    cli.run(main, __doc__, argv)

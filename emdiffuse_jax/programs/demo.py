@@ -1,17 +1,15 @@
-"""The demo on built-in data: ``python launch/demo.py --workdir=runs/demo``.
+"""The demo on built-in data: trains a tiny denoiser on phantoms and restores one with self-assessment.
+
+  emdiffuse demo --workdir=runs/demo      (from a checkout: python launch/demo.py --workdir=runs/demo)
 
 Trains a tiny EMDiffuse-n denoiser on synthetic EM phantoms (a few minutes on a laptop CPU), then restores
 a held-out noisy phantom with K samples: writes the mean, the std map, the reliability map, PNG previews
 and report.json to WORKDIR/demo_output, and prints PSNR and the uncertainty score. Re-running resumes.
 """
 
-import pathlib
-import sys
+from absl import app, flags
 
-# Lets the script run from a source checkout without installing the package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from absl import app, flags  # noqa: E402
+from emdiffuse_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for the model, the test image and outputs.")
 _STEPS = flags.DEFINE_integer("steps", 600, "Training steps of the tiny model.")
@@ -23,14 +21,12 @@ _SAMPLER_STEPS = flags.DEFINE_integer("sampler_steps", 20, "Network evaluations 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from emdiffuse_jax.cli import configure_logging
     from emdiffuse_jax.demo import run_demo
-
-    configure_logging()
 
     run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
              sampler_steps=_SAMPLER_STEPS.value)
 
 
-if __name__ == "__main__":
-    app.run(main)
+def run(argv=None):
+    """Runs this program (``emdiffuse demo`` and ``launch/demo.py``)."""
+    cli.run(main, __doc__, argv)

@@ -1,23 +1,22 @@
 """Isotropic volume reconstruction (vEMDiffuse-i / -a), slab by slab, resumable.
 
-  python launch/isotropic.py --checkpoint=WORKDIR_OR_PTH --input=STACK_FOLDER_OR_ZARR --z_factor=Z \
+  emdiffuse isotropic --checkpoint=WORKDIR_OR_PTH --input=STACK_FOLDER_OR_ZARR --z_factor=Z
       --output=DIR [--num_samples=2]
 
 N input slices give (N - 1) * Z + 1 output slices (originals interleaved with generated ones) and an
 uncertainty (std) volume. Rerunning the same command after an interruption resumes without recomputing
 finished slabs; the final volumes appear only when complete. See docs/prediction.md.
+(From a checkout: python launch/isotropic.py with the same flags.)
 """
 
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from emdiffuse_jax import cli
 
-from emdiffuse_jax.cli import SamplingFlags  # noqa: E402
-
-_SAMPLING = SamplingFlags("slice")
+_SAMPLING = cli.SamplingFlags("slice")
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "vEM training workdir, checkpoint step dir or .pth.")
 _INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, folder of slices, Zarr or N5.")
@@ -36,7 +35,7 @@ def main(argv):
         spec = _SAMPLING.sampler_spec()
         loaded = checkpointing.load_model(_CHECKPOINT.value)
         if not loaded.unet.vem:
-            raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use launch/predict.py, or "
+            raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
         trained_z = loaded.meta.get("z_factor")
         if trained_z and int(trained_z) != _Z.value:
@@ -54,5 +53,6 @@ def main(argv):
         sys.exit(f"error: {err}")
 
 
-if __name__ == "__main__":
-    app.run(main)
+def run(argv=None):
+    """Runs this program (``emdiffuse isotropic`` and ``launch/isotropic.py``)."""
+    cli.run(main, __doc__, argv)

@@ -1,23 +1,21 @@
 """2D restoration with self-assessment (EMDiffuse-n denoising / EMDiffuse-r 2x super-resolution).
 
-  python launch/predict.py --task=denoise --checkpoint=WORKDIR_OR_PTH --input=IMAGE_STACK_OR_FOLDER \
+  emdiffuse predict --task=denoise --checkpoint=WORKDIR_OR_PTH --input=IMAGE_STACK_OR_FOLDER
       --output=DIR [--num_samples=2] [--sampler=ddpm|ddim|dpm] [--steps=N] [--seed=0]
 
 Writes, per image, the mean (input dtype and range), the std, the reliability map, PNG previews and
 report.json (settings, per-image and per-tile uncertainty scores, flags, threshold, timings); see
 docs/prediction.md. Any image size: overlapping tiles are blended; images smaller than a tile are padded.
+(From a checkout: python launch/predict.py with the same flags.)
 """
 
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from emdiffuse_jax import cli
 
-from emdiffuse_jax.cli import SamplingFlags  # noqa: E402
-
-_SAMPLING = SamplingFlags("image")
+_SAMPLING = cli.SamplingFlags("image")
 
 _TASK = flags.DEFINE_enum("task", None, ["denoise", "superres"], "Restoration task of the checkpoint.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint step dir or reference .pth.")
@@ -35,7 +33,9 @@ def main(argv):
         spec = _SAMPLING.sampler_spec()
         loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
         if loaded.unet.vem:
-            raise app.UsageError(f"{_CHECKPOINT.value} is a volume (vEM) model; use launch/isotropic.py")
+            raise app.UsageError(f"{_CHECKPOINT.value} is a volume ({loaded.task}) model: reconstruct volumes with "
+                                 "`emdiffuse isotropic` (launch/isotropic.py) --checkpoint=... --input=STACK "
+                                 "--z_factor=Z --output=DIR")
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
         restore.restore_files(
             restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=_SAMPLING.num_samples.value,
@@ -47,5 +47,6 @@ def main(argv):
         sys.exit(f"error: {err}")
 
 
-if __name__ == "__main__":
-    app.run(main)
+def run(argv=None):
+    """Runs this program (``emdiffuse predict`` and ``launch/predict.py``)."""
+    cli.run(main, __doc__, argv)

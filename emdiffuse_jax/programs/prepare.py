@@ -1,15 +1,17 @@
 """Prepares a training dataset (TFDS array_record) for one EMDiffuse task.
 
-Examples:
-  python launch/prepare.py --task=denoise --input=raw/img --target=raw/gt --output=prepared/denoise
-  python launch/prepare.py --task=denoise --input=clean_stack.tif --degrade="poisson:dose=10" --output=out
-  python launch/prepare.py --task=vem_i --input=isotropic.zarr --z_factor=5 --output=prepared/vem_i
-  python launch/prepare.py --task=vem_a --input=anisotropic.tif --z_factor=6 --output=prepared/vem_a
-Without --input the built-in phantoms are used. Shows a progress bar and ends with a summary.
+Examples (from a checkout, python launch/prepare.py takes the same flags):
+  emdiffuse prepare --task=denoise --input=raw/img --target=raw/gt --output=prepared/denoise
+  emdiffuse prepare --task=denoise --input=clean_stack.tif --degrade="poisson:dose=10" --output=out
+  emdiffuse prepare --task=vem_i --input=isotropic.zarr --z_factor=5 --output=prepared/vem_i
+  emdiffuse prepare --task=vem_a --input=anisotropic.tif --z_factor=6 --output=prepared/vem_a
+Without --input the built-in phantoms are used. Shows a progress bar, ends with a summary and the
+`emdiffuse train` command that trains on the prepared dataset.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from emdiffuse_jax import cli, configs
 from emdiffuse_jax.data import io
 from emdiffuse_jax.data.prepare import prepare_dataset
 
@@ -36,8 +38,8 @@ flags.mark_flags_as_required(["task", "output"])
 
 
 def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # TFDS logs every file it writes; the summary says what matters
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         summary = prepare_dataset(FLAGS.task, FLAGS.input or None, FLAGS.target, output=FLAGS.output,
                                   patch_size=FLAGS.patch_size, z_factor=FLAGS.z_factor, degrade=FLAGS.degrade,
@@ -48,8 +50,19 @@ def main(argv):
     except (io.DataError, ValueError) as exc:
         raise app.UsageError(str(exc)) from None
     print(summary.text())
-    print(f"train with: --input={summary.path}")
+    print("train with: " + train_command(summary))
 
 
-if __name__ == "__main__":
-    app.run(main)
+def train_command(summary) -> str:
+    """The `emdiffuse train` command line that trains on the dataset just prepared (its patch size and
+    z_factor must match the config's, so they are passed)."""
+    parts = ["emdiffuse train", f"--config={configs.FOR_TASK[summary.task]}", f"--workdir=runs/{summary.task}",
+             f"--config.data.input_path={summary.path}", f"--config.data.patch_size={FLAGS.patch_size}"]
+    if FLAGS.z_factor:
+        parts.append(f"--config.data.z_factor={FLAGS.z_factor}")
+    return " ".join(parts)
+
+
+def run(argv=None):
+    """Runs this program (``emdiffuse prepare`` and ``launch/prepare.py``)."""
+    cli.run(main, __doc__, argv)

@@ -1,0 +1,15 @@
+"""Isotropic volume reconstruction (vEMDiffuse-i / -a), slab by slab, resumable.
+
+The same program as `emdiffuse isotropic` (emdiffuse_jax/programs/isotropic.py), runnable from a source checkout
+without installing the package. `--help` lists its flags.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the checkout's package
+
+from emdiffuse_jax.programs import isotropic  # noqa: E402
+
+if __name__ == "__main__":
+    isotropic.run()
