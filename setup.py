@@ -26,7 +26,9 @@ setup(
         "scipy>=1.11",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "matplotlib>=3.7"],
+        # PNG figures of launch/evaluate.py.
+        "plots": ["matplotlib>=3.7"],
         # torch is only an optional cross-check of the checkpoint reader.
         "torch": ["torch>=2.0"],
     },
