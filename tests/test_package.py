@@ -67,7 +67,7 @@ def test_installed_command_finds_its_programs_and_configs_from_any_directory(ins
     env = dict(PYTHONPATH=str(installed))
     listing = _run([sys.executable, str(script), "--help"], cwd=tmp_path, **env)
     assert listing.returncode == 0
-    for name in ("train", "predict", "isotropic", "prepare", "calibrate", "demo"):
+    for name in ("train", "predict", "isotropic", "prepare", "calibrate", "evaluate", "demo"):
         assert f"  {name} " in listing.stdout
     # The shipped config is found by name and by the docs' path, though tmp_path has no configs/ folder.
     for config in ("emdiffuse_n:tiny", "configs/vemdiffuse_i.py:tiny"):
