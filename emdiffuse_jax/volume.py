@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from emdiffuse_jax import inference, uncertainty
-from emdiffuse_jax.data import io, normalize
+from emdiffuse_jax.data import io, normalize, tiling
 
 FORMATS = ("zarr", "tiff")
 
@@ -110,13 +110,20 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                     "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
                     "harmonize": harmonize, "format": fmt, "normalization": params.to_dict(),
                     **(settings or {})}
+    if z_factor < 2:
+        raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
+    tiling.tile_origins((height, width), (tile, tile), overlap)   # bad tile/overlap: fail before writing
     partial = output / ".partial"
     progress_path = partial / "progress.json"
     if progress_path.exists():
         progress = json.loads(progress_path.read_text())
-        if progress["settings"] != json.loads(json.dumps(run_settings)):
-            raise ValueError(f"{output} holds an unfinished run with different settings; rerun with the same "
-                             f"settings to resume, or choose a new output folder")
+        wanted = json.loads(json.dumps(run_settings))
+        if progress["settings"] != wanted:
+            differ = sorted(k for k in set(wanted) | set(progress["settings"])
+                            if wanted.get(k) != progress["settings"].get(k))
+            raise ValueError(f"{output} holds the unfinished run {partial} with other settings "
+                             f"({', '.join(differ)} differ); rerun with its settings to resume, delete {partial} "
+                             "to start over, or choose a new output folder")
         log(f"resuming: {len(progress['done'])} of {n - 1} slabs already done")
     else:
         partial.mkdir(parents=True, exist_ok=True)

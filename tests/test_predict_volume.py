@@ -96,7 +96,9 @@ def test_resume_with_other_settings_is_refused(stack, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=2, tile=32, overlap=8,
                            log=interrupt)
-    with pytest.raises(ValueError, match="different settings"):
+    # The refusal names the leftover folder, what differs and how to start over.
+    with pytest.raises(ValueError, match=r"unfinished run \S+\.partial with other settings \(num_samples differ\).*"
+                                         r"delete \S+\.partial to start over"):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=3, tile=32, overlap=8,
                            log=lambda s: None)
 
