@@ -101,11 +101,11 @@ def test_isotropic_command_builds_the_volume_and_refuses_a_2d_model(denoise_ckpt
     bad = subprocess.run(base + [f"--checkpoint={denoise_ckpt}", f"--output={tmp_path / 'bad'}"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode != 0 and "launch/predict.py" in bad.stderr + bad.stdout
-    ok = subprocess.run(base + [f"--checkpoint={vem_ckpt}", f"--output={tmp_path / 'iso'}"],
+    ok = subprocess.run(base + [f"--checkpoint={vem_ckpt}", f"--output={tmp_path / 'iso'}", "--voxel_size=50,4,4"],
                         capture_output=True, text=True, timeout=600, env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert not re.search(r"^[IW]\d{4} |INFO:absl|orbax", ok.stderr, re.M), ok.stderr  # no library noise
-    mean = tifffile.imread(sorted((tmp_path / "iso" / "mean").glob("*.tif"))[1])
-    assert len(list((tmp_path / "iso" / "mean").glob("*.tif"))) == 5 and mean.shape == (24, 20)
+    with tifffile.TiffFile(tmp_path / "iso" / "mean.tif") as tif:   # a stack in, a stack out, with its scale
+        assert tif.series[0].shape == (5, 24, 20) and tif.imagej_metadata["spacing"] == pytest.approx(25.0)
     report = json.loads((tmp_path / "iso" / "report.json").read_text())
     assert report["output_shape"] == [5, 24, 20] and len(report["slab_scores"]) == 2
