@@ -163,20 +163,25 @@ class DistributedFlags:
     what JAX detects on TPU pods, SLURM and Open MPI (see parallel.maybe_initialize_distributed).
     """
 
-    def __init__(self):
+    def __init__(self, mode_flag: bool = False):
+        """mode_flag: also define --distributed (auto | always | never); training has config.distributed."""
         from absl import flags
 
+        self.mode = flags.DEFINE_enum(
+            "distributed", "auto", ["auto", "always", "never"],
+            "Join a multi-process run: auto = when a launcher announced several processes.") if mode_flag else None
         self.coordinator_address = flags.DEFINE_string(
             "coordinator_address", None, "host:port of process 0, reachable from every process.")
         self.num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
         self.process_id = flags.DEFINE_integer("process_id", None, "Index of this process, 0 .. num_processes-1.")
 
-    def initialize(self, mode: str) -> bool:
-        """parallel.maybe_initialize_distributed with these flags; call before any other JAX call."""
+    def initialize(self, mode: str | None = None) -> bool:
+        """parallel.maybe_initialize_distributed with these flags (mode: default --distributed); call before
+        any other JAX call."""
         from emdiffuse_jax import parallel
 
         return parallel.maybe_initialize_distributed(
-            mode, coordinator_address=self.coordinator_address.value, num_processes=self.num_processes.value,
+            mode or self.mode.value, coordinator_address=self.coordinator_address.value, num_processes=self.num_processes.value,
             process_id=self.process_id.value)
 
     @staticmethod

@@ -273,6 +273,22 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
+def compiled_on_every_process(jitted: Any, *args) -> Any:
+    """``jitted`` itself in a single process; with several processes its executable for ``args``, compiled
+    ahead and returned once every process has compiled it.
+
+    Hosts compile at different speeds; without the wait a fast process enters the program's first
+    collective alone, and CPU (gloo) collectives give up after 30 s.
+    """
+    if jax.process_count() == 1:
+        return jitted
+    from jax.experimental import multihost_utils
+
+    compiled = jitted.lower(*args).compile()
+    multihost_utils.sync_global_devices("emdiffuse_jax: compiled")
+    return compiled
+
+
 def jit_train_step(step_fn: Any, mesh: Mesh, state_shardings: Any) -> Any:
     """jit of ``step_fn(state, batch, key)`` with the state donated and the batch split over the mesh."""
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),

@@ -120,10 +120,11 @@ class EventWriter:
         self.logdir = epath.Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._append = appends_in_place(logdir) if append is None else append
-        self._name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        # The event file (local), or the prefix of the uploaded parts <path>.000000, .000001, ...
+        self.path = self.logdir / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self._parts = 0
         self._buffer = bytearray()
-        self._file = open(self.logdir / self._name, "ab") if self._append else None
+        self._file = open(self.path, "ab") if self._append else None
         self._write_event(_field_double(1, time.time()) + _field_bytes(3, b"brain.Event:2"))
 
     def _write_event(self, event: bytes) -> None:
@@ -154,7 +155,7 @@ class EventWriter:
     def flush(self) -> None:
         """Uploads the buffered events (object stores; local events are already on disk)."""
         if self._buffer:
-            (self.logdir / f"{self._name}.{self._parts:06d}").write_bytes(bytes(self._buffer))
+            self.path.with_name(f"{self.path.name}.{self._parts:06d}").write_bytes(bytes(self._buffer))
             self._parts += 1
             self._buffer.clear()
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
 from emdiffuse_jax.diffusion import schedules
@@ -169,17 +170,33 @@ def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: in
                      mesh: Any, rows: int) -> Any:
     """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs).
 
-    The batch holds ``padded_rows(rows, mesh)`` rows split over the mesh like a training batch (the
-    computation follows the shardings of its inputs), so every device samples only its share; rows past ``rows`` repeat the last one and are left out of the
-    metrics and outputs (which are replicated: small, and read on process 0 for TensorBoard).
+    The batch holds ``padded_rows(rows, mesh)`` rows split over the mesh like a training batch; each device
+    samples only its own rows (shard_map: the parameters are gathered once, no device repeats another's
+    work). Row r is sampled with the key fold_in(key, r), so results do not depend on the mesh or the
+    number of processes. Rows past ``rows`` repeat the last one and are left out of the metrics and the
+    outputs (replicated: small, and read on process 0 for TensorBoard).
     """
     dtype = jnp.dtype(compute_dtype)
     sample = evaluation.make_validation_fn(
         lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
         num_samples=num_samples)
+    per_device = padded_rows(rows, mesh) // mesh.devices.size
+
+    def device_rows(params, batch, key):
+        first = jax.lax.axis_index(parallel.DATA_AXES) * per_device
+        keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(first + jnp.arange(per_device))
+
+        def one_row(row, row_key):
+            _, mean, std = sample(params, jax.tree.map(lambda x: x[None], row), row_key)
+            return mean[0], std[0]
+
+        return jax.vmap(one_row)(batch, keys)
+
+    rows_spec = P(parallel.DATA_AXES)
+    sharded = jax.shard_map(device_rows, mesh=mesh, in_specs=(P(), rows_spec, P()), out_specs=(rows_spec, rows_spec))
 
     def validate(params, batch, key):
-        _, mean, std = sample(params, batch, key)
+        mean, std = sharded(params, batch, key)
         mean, std = mean[:rows], std[:rows]
         return evaluation.image_metrics(mean, batch["target"][:rows]), mean, std
 
@@ -252,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
                                     config.compute_dtype, mesh, int(config.data.val_batch_size))
         val_host, val_batch = _validation_batch(val_source, config, mesh)
+        validate = parallel.compiled_on_every_process(validate, state.ema_params, val_batch, eval_key)
 
     metrics_log = summary.MetricsLog(workdir / "metrics.jsonl", resume_step=step if latest is not None else None,
                                      enabled=is_main)
@@ -262,7 +280,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         try:
             for data_step, local in batches:
                 assert data_step == step
-                state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), train_key)
+                batch = parallel.global_batch(local, batch_sharding)
+                if t_first is None:
+                    train_step = parallel.compiled_on_every_process(train_step, state, batch, train_key)
+                state, metrics = train_step(state, batch, train_key)
                 step += 1
                 if t_first is None:
                     jax.block_until_ready(metrics)

@@ -21,6 +21,12 @@ stack with Z = 6 gives 4 x 4 x 8.33 nm. The final names appear only when every s
 interrupted run never leaves a complete-looking volume. Rerunning the same command resumes: slabs listed
 in progress.json are not recomputed. Every slab's keys derive from (seed, slab), so a resumed volume is
 identical to an uninterrupted one.
+
+Several processes (jax.distributed, e.g. the hosts of a pod, one output folder they all see) share the
+work: each takes every P-th of the slabs still to do and writes its slices (one TIFF or one Zarr chunk
+per slice: no two processes touch the same file) and its own .partial/progress.p<i>.json; process 0
+assembles the final outputs once all are done. The result equals a single-process run, and a resume may
+use any number of processes.
 """
 
 from __future__ import annotations
@@ -45,6 +51,22 @@ _FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"),
 def isotropic_depth(num_slices: int, z_factor: int) -> int:
     """Number of output slices: (N - 1) * Z + 1."""
     return (num_slices - 1) * z_factor + 1
+
+
+def _sync(name: str) -> None:
+    """Waits for every process (multi-process runs only)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _done_slabs(partial: pathlib.Path) -> dict:
+    """Finished slabs recorded by any process of this or an earlier run (progress*.json in .partial)."""
+    done = {}
+    for path in sorted(partial.glob("progress*.json")):
+        done.update(json.loads(path.read_text())["done"])
+    return done
 
 
 def _atomic_json(path: pathlib.Path, data: dict) -> None:
@@ -148,6 +170,7 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     tiling.tile_origins((height, width), (tile, tile), overlap)   # bad tile/overlap: fail before writing
     partial = output / ".partial"
     progress_path = partial / "progress.json"
+    index, count = jax.process_index(), jax.process_count()
     if progress_path.exists():
         progress = json.loads(progress_path.read_text())
         wanted = json.loads(json.dumps(run_settings))
@@ -157,23 +180,36 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
             raise ValueError(f"{output} holds the unfinished run {partial} with other settings "
                              f"({', '.join(differ)} differ); rerun with its settings to resume, delete {partial} "
                              "to start over, or choose a new output folder")
+        progress["done"] = _done_slabs(partial)
         log(f"resuming: {len(progress['done'])} of {n - 1} slabs already done")
     else:
-        partial.mkdir(parents=True, exist_ok=True)
         progress = {"settings": run_settings, "done": {}}
-        _atomic_json(progress_path, progress)
+        if index == 0:
+            partial.mkdir(parents=True, exist_ok=True)
+            _atomic_json(progress_path, progress)
     suggested = suggest_z_factor(in_voxel)
     if suggested is not None and abs(z_factor - suggested) > 0.25 * suggested:
         log(f"warning: the voxel size {_describe(in_voxel)} suggests --z_factor={suggested} (z / x-y spacing) for "
             f"an isotropic output; with {z_factor} the output z spacing is {out_voxel[0]:.3g} nm")
-    mean_store = _SliceStore(partial, "mean", fmt, (depth, height, width), volume.dtype, out_voxel)
-    std_store = _SliceStore(partial, "std", fmt, (depth, height, width), np.float32, out_voxel)
+
+    def stores():
+        return (_SliceStore(partial, "mean", fmt, (depth, height, width), volume.dtype, out_voxel),
+                _SliceStore(partial, "std", fmt, (depth, height, width), np.float32, out_voxel))
+
+    if index == 0:   # creates the outputs; the other processes open them once they exist
+        mean_store, std_store = stores()
+    _sync("isotropic: outputs created")
+    if index > 0:
+        mean_store, std_store = stores()
+    my_slabs = [i for i in range(n - 1) if str(i) not in progress["done"]][index::count]
+    if count > 1:
+        progress_path = partial / f"progress.p{index}.json"
+        progress = {"settings": run_settings, "done": {}}
+        log(f"process {index} of {count}: {len(my_slabs)} slabs")
     base_key = jax.random.key(seed)
     zero = np.zeros((height, width), np.float32)
     start = time.perf_counter()
-    for i in range(n - 1):
-        if str(i) in progress["done"]:
-            continue
+    for i in my_slabs:
         t0 = time.perf_counter()
         earlier, later = (normalize.apply_normalization(volume[j], params) for j in (i, i + 1))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
@@ -192,21 +228,26 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         _atomic_json(progress_path, progress)
         log(f"slab {i + 1}/{n - 1} done in {time.perf_counter() - t0:.1f} s"
             + (f", uncertainty {score:.4f}" if score is not None else ""))
-    mean_store.write(depth - 1, volume[n - 1])
-    std_store.write(depth - 1, zero)
-    scores = [progress["done"][str(i)]["score"] for i in range(n - 1)]
+    _sync("isotropic: slabs done")
+    done = _done_slabs(partial)
+    scores = [done[str(i)]["score"] for i in range(n - 1)]
     report = {"settings": run_settings, "input_shape": [n, height, width], "output_shape": [depth, height, width],
               "voxel_size_nm": {"input": list(in_voxel), "output": list(out_voxel), "axes": "zyx"},
               "threshold": threshold,
               "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
               "slab_scores": scores,
               "unreliable_slabs": [i for i, s in enumerate(scores) if s is not None and s > threshold],
-              "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
-              "seconds_this_run": time.perf_counter() - start}
-    for store, final in zip((mean_store, std_store), finals[:2]):
-        os.replace(store.finish(), final)
-    _atomic_json(output / "report.json", report)
-    shutil.rmtree(partial)
+              "slab_seconds": [done[str(i)]["seconds"] for i in range(n - 1)],
+              "seconds_this_run": time.perf_counter() - start, "processes": count}
+    _sync("isotropic: progress read")   # before process 0 removes .partial
+    if index == 0:
+        mean_store.write(depth - 1, volume[n - 1])
+        std_store.write(depth - 1, zero)
+        for store, final in zip((mean_store, std_store), finals[:2]):
+            os.replace(store.finish(), final)
+        _atomic_json(output / "report.json", report)
+        shutil.rmtree(partial)
+    _sync("isotropic: outputs assembled")
     return report
 
 

@@ -101,9 +101,10 @@ def test_validation_splits_its_padded_patches_over_the_devices_and_scores_only_t
         metrics, mean, std = validate(params, batch, key)
         assert mean.shape == std.shape == (2, 32, 32, 1) and mean.sharding.is_fully_replicated
         results.append(({k: float(v) for k, v in metrics.items()}, np.asarray(mean)))
-    # Each device runs the network on its own row only (activations of 1 row, never of the whole batch).
+    # Each device runs the network on its own row only: activations of 1 row x K = 2 samples, never of the
+    # whole padded batch (8 rows x 2 samples), which a replicated computation would show.
     compiled = validate.lower(params, batch, key).compile().as_text()
-    assert "f32[1,32,32,16]" in compiled and "f32[8,32,32,16]" not in compiled
+    assert "f32[2,32,32,16]" in compiled and "f32[16,32,32,16]" not in compiled
     assert train.padded_rows(2, parallel.make_mesh(4, 2)) == 8
     (m1, mean1), (m8, mean8) = results
     np.testing.assert_allclose(mean8, mean1, atol=1e-5)
@@ -214,3 +215,35 @@ def test_checkpoint_of_two_workers_restores_in_one_process_on_other_meshes(tmp_p
                              f"--config.mesh.fsdp={fsdp}")
         assert "resuming from" in result.stderr and "at step 3" in result.stderr
         _check_same_losses(_losses(workdir), want, 4)
+
+
+@pytest.mark.slow
+def test_sigterm_of_one_worker_saves_the_same_step_everywhere_and_the_restart_matches(tmp_path):
+    """A preemption notice to one worker: JAX's preemption service stops both at one step with a saved
+    checkpoint; the restart ends with the losses of an uninterrupted run."""
+    steps = ["--config.num_steps=30", "--config.checkpoint.every_steps=100"]
+    _run_single(tmp_path / "one", *SMALL, *steps)
+    stopped = tmp_path / "two"
+    processes = _workers(stopped, [SMALL + steps] * 2)
+    deadline = time.time() + 900
+    while time.time() < deadline and max(_losses(stopped) if (stopped / "metrics.jsonl").exists() else [0]) < 3:
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)
+    codes, outputs = _finish(processes)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    saved = sorted(int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 30, saved
+    codes, outputs = _finish(_workers(stopped, [SMALL + steps] * 2))
+    assert codes == [0, 0] and f"at step {saved[0]}" in outputs[0]
+    _check_same_losses(_losses(stopped), _losses(tmp_path / "one"), 30)
+
+
+@pytest.mark.slow
+def test_a_dcn_axis_over_two_processes_trains_like_one_process(tmp_path):
+    """mesh.dcn_data=2 with two processes of two devices: data axis 2 (DCN) x 2 (local); same losses."""
+    steps = ["--config.num_steps=3", "--config.mesh.dcn_data=2"]
+    _run_single(tmp_path / "one", *SMALL, "--config.num_steps=3")
+    codes, outputs = _finish(_workers(tmp_path / "two", [SMALL + steps] * 2))
+    assert codes == [0, 0], outputs[0][-3000:]
+    assert "mesh {'data': 4, 'fsdp': 1}" in outputs[0]
+    _check_same_losses(_losses(tmp_path / "two"), _losses(tmp_path / "one"), 3)

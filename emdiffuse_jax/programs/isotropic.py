@@ -6,7 +6,9 @@
 N input slices give (N - 1) * Z + 1 output slices (originals interleaved with generated ones) and an
 uncertainty (std) volume: mean.tif and std.tif, multi-page ImageJ TIFFs with the voxel size (the input's,
 z divided by Z), or OME-Zarr with --format=ome-zarr. Rerunning the same command after an interruption resumes without recomputing
-finished slabs; the final volumes appear only when complete. See docs/prediction.md.
+finished slabs; the final volumes appear only when complete. Several processes (the hosts of a pod, with
+--coordinator_address / --num_processes / --process_id where not detected) share the slabs of one output
+folder that they all see. See docs/prediction.md.
 (From a checkout: python launch/isotropic.py with the same flags.)
 """
 
@@ -31,6 +33,7 @@ _VOXEL = flags.DEFINE_list("voxel_size", None, "Input voxel size Z,Y,X in nm (de
                            "metadata); the output's z spacing is Z / z_factor.")
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
+_DISTRIBUTED = cli.DistributedFlags(mode_flag=True)
 
 
 def _voxel_size():
@@ -48,6 +51,9 @@ def _voxel_size():
 def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _voxel_size()
+    _DISTRIBUTED.initialize()   # before any other JAX call
+    import jax
+
     from emdiffuse_jax import checkpointing, restore, volume
 
     try:
@@ -67,7 +73,8 @@ def main(argv):
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
                            dataset=_DATASET.value, voxel_size=voxel_size,
                            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
-                                     "sampler": spec.to_dict()})
+                                     "sampler": spec.to_dict()},
+                           log=print if jax.process_index() == 0 else (lambda line: None))
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")
 
