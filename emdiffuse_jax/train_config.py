@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import pathlib
+
 import ml_collections
 
 TASKS = ("denoise", "superres", "vem_i", "vem_a")
@@ -20,6 +24,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     vem = task in VEM_TASKS
     c = ml_collections.ConfigDict()
     c.task = task
+    c.objective = "diffusion"     # or "regression": the CARE-like baseline (see apply_regression)
     c.seed = 0
 
     c.model = ml_collections.ConfigDict(dict(
@@ -88,6 +93,25 @@ def apply_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 50
     c.eval.every_steps = 100
     c.eval.sample_steps = 10
+    return c
+
+
+def config_from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of another config file (the regression configs build on the diffusion ones)."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"_emdiffuse_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def apply_regression(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The regression baseline of a model config: the same UNet without the noisy-target input channel,
+    trained to map the condition to the target (L1). Equal data and optimiser; validation scores its
+    single deterministic prediction."""
+    c.objective = "regression"
+    c.model.in_channel -= 1
+    c.eval.num_samples = 1
     return c
 
 
