@@ -1,16 +1,3 @@
-"""Regression baseline (CARE-like) for vEMDiffuse-a (axial interpolation): configs/vemdiffuse_a.py, objective "regression".
+"""The shipped config emdiffuse_jax/configs/regression_a.py (see its docstring), at the path the docs use."""
 
-The same UNet, data, patches, optimiser and step schedule as configs/vemdiffuse_a.py, without the noisy-target
-input channel, trained with an L1 loss to map the condition straight to the target. It predicts through the
-same tiling as the diffusion model (launch/isotropic.py: one deterministic prediction, no uncertainty).
-Variants and overrides as configs/vemdiffuse_a.py, e.g. --config=configs/regression_a.py:tiny.
-"""
-
-import pathlib
-
-from emdiffuse_jax import train_config
-
-
-def get_config(arg: str | None = None):
-    config = train_config.config_from_file(pathlib.Path(__file__).with_name("vemdiffuse_a.py"), arg)
-    return train_config.apply_regression(config)
+from emdiffuse_jax.configs.regression_a import get_config  # noqa: F401

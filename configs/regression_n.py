@@ -1,16 +1,3 @@
-"""Regression baseline (CARE-like) for EMDiffuse-n (denoising): configs/emdiffuse_n.py, objective "regression".
+"""The shipped config emdiffuse_jax/configs/regression_n.py (see its docstring), at the path the docs use."""
 
-The same UNet, data, patches, optimiser and step schedule as configs/emdiffuse_n.py, without the noisy-target
-input channel, trained with an L1 loss to map the condition straight to the target. It predicts through the
-same tiling as the diffusion model (launch/predict.py: one deterministic prediction, no uncertainty). Variants
-and overrides as configs/emdiffuse_n.py, e.g. --config=configs/regression_n.py:tiny.
-"""
-
-import pathlib
-
-from emdiffuse_jax import train_config
-
-
-def get_config(arg: str | None = None):
-    config = train_config.config_from_file(pathlib.Path(__file__).with_name("emdiffuse_n.py"), arg)
-    return train_config.apply_regression(config)
+from emdiffuse_jax.configs.regression_n import get_config  # noqa: F401

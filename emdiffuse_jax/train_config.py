@@ -7,10 +7,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import pathlib
-
 import ml_collections
 
 TASKS = ("denoise", "superres", "vem_i", "vem_a")
@@ -94,15 +90,6 @@ def apply_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.every_steps = 100
     c.eval.sample_steps = 10
     return c
-
-
-def config_from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of another config file (the regression configs build on the diffusion ones)."""
-    path = pathlib.Path(path)
-    spec = importlib.util.spec_from_file_location(f"_emdiffuse_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def apply_regression(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -158,5 +158,5 @@ def test_evaluate_command_names_the_mismatching_file(tmp_path):
     assert result.returncode == 1
     assert "small.tif" in result.stderr and "crop" in result.stderr
     result = _evaluate(tmp_path, f"--prediction={tmp_path / 'pred.tif'}")
-    assert result.returncode == 1 and "NAME=PATH" in result.stderr
+    assert result.returncode == 2 and "NAME=PATH" in result.stderr   # a usage error (cli.USAGE_EXIT_CODE)
     assert not (tmp_path / "out").exists()
