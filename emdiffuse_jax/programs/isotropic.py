@@ -4,7 +4,8 @@
       --output=DIR [--num_samples=2]
 
 N input slices give (N - 1) * Z + 1 output slices (originals interleaved with generated ones) and an
-uncertainty (std) volume. Rerunning the same command after an interruption resumes without recomputing
+uncertainty (std) volume: mean.tif and std.tif, multi-page ImageJ TIFFs with the voxel size (the input's,
+z divided by Z), or OME-Zarr with --format=ome-zarr. Rerunning the same command after an interruption resumes without recomputing
 finished slabs; the final volumes appear only when complete. See docs/prediction.md.
 (From a checkout: python launch/isotropic.py with the same flags.)
 """
@@ -22,13 +23,31 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "vEM training workdir, che
 _INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, folder of slices, Zarr or N5.")
 _Z = flags.DEFINE_integer("z_factor", None, "Axial factor Z: Z - 1 slices are generated between neighbours.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
-_FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "zarr"], "Output: folders of TIFF slices or Zarr arrays.")
+_FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr", "zarr"],
+                            "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
+                            "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
+                            "0.4) with a multiscale pyramid.")
+_VOXEL = flags.DEFINE_list("voxel_size", None, "Input voxel size Z,Y,X in nm (default: from the input's "
+                           "metadata); the output's z spacing is Z / z_factor.")
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
 
+def _voxel_size():
+    if _VOXEL.value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in _VOXEL.value)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise app.UsageError(f"--voxel_size={','.join(_VOXEL.value)}: expected three positive numbers Z,Y,X in nm")
+    return values
+
+
 def main(argv):
     _SAMPLING.check(argv)
+    voxel_size = _voxel_size()
     from emdiffuse_jax import checkpointing, restore, volume
 
     try:
@@ -47,7 +66,7 @@ def main(argv):
                            seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-                           dataset=_DATASET.value,
+                           dataset=_DATASET.value, voxel_size=voxel_size,
                            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
                                      "sampler": spec.to_dict()})
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
