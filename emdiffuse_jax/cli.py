@@ -50,7 +50,8 @@ class SamplingFlags:
         self.tile = flags.DEFINE_integer("tile", 256, "Tile size in pixels (network input; multiple of 8).")
         self.overlap = flags.DEFINE_integer("overlap", 32, "Tile overlap in pixels, blended smoothly.")
         self.harmonize = flags.DEFINE_bool(
-            "harmonize", False, "Match each tile's mean intensity to its input tile.")
+            "harmonize", False, "Match each sample's low frequencies (Gaussian, tile / 8 px) to what the input "
+            "implies (the input; for volumes the linear interpolation of the two slices).")
         self.threshold = flags.DEFINE_float(
             "threshold", 0.12, f"Uncertainty score above which the {item} is flagged.")
         self.normalization = flags.DEFINE_enum(

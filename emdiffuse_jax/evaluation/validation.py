@@ -44,6 +44,28 @@ def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_
     return validate
 
 
+def make_regression_validation_fn(make_predict: Callable, *, vem: bool) -> Callable:
+    """``validate(ema_params, batch, key) -> (metrics, prediction, zero std)`` for the regression baseline.
+
+    make_predict: ``params -> predict(cond, gamma, slice_index)`` (models.make_denoise_fn partially applied;
+    the network's output is the target itself). For vEM every one of the z-1 target slices is predicted.
+    """
+    from emdiffuse_jax.diffusion.objectives import regression_predict
+    from emdiffuse_jax.diffusion.samplers import collect_slices, expand_slices
+
+    def validate(params, batch, key):
+        del key
+        cond, target = batch["cond"], batch["target"]
+        slices = target.shape[-1]
+        cond, slice_index = expand_slices(cond, slices) if vem else (cond, None)
+        prediction = regression_predict(make_predict(params), cond, slice_index)
+        if vem:
+            prediction = collect_slices(prediction, slices)
+        return image_metrics(prediction, target), prediction, jnp.zeros_like(prediction)
+
+    return validate
+
+
 def summary_panel(cond: np.ndarray, mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> np.ndarray:
     """One image row [condition channels | mean | std | target] in [0, 1] for TensorBoard.
 

@@ -47,7 +47,8 @@ def main(argv):
             raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
                                  f"it), got --z_factor={_Z.value}")
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
-        volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=_SAMPLING.num_samples.value,
+        num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
+        volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=num_samples,
                            seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,

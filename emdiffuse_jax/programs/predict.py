@@ -38,8 +38,9 @@ def main(argv):
                                  "`emdiffuse isotropic` (launch/isotropic.py) --checkpoint=... --input=STACK "
                                  "--z_factor=Z --output=DIR")
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
+        num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
         restore.restore_files(
-            restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=_SAMPLING.num_samples.value,
+            restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=num_samples,
             seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
