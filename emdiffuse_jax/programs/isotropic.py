@@ -27,27 +27,13 @@ _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr"
                             "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
                             "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
                             "0.4) with a multiscale pyramid.")
-_VOXEL = flags.DEFINE_list("voxel_size", None, "Input voxel size Z,Y,X in nm (default: from the input's "
-                           "metadata); the output's z spacing is Z / z_factor.")
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
 
-def _voxel_size():
-    if _VOXEL.value is None:
-        return None
-    try:
-        values = tuple(float(v) for v in _VOXEL.value)
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) <= 0:
-        raise app.UsageError(f"--voxel_size={','.join(_VOXEL.value)}: expected three positive numbers Z,Y,X in nm")
-    return values
-
-
 def main(argv):
     _SAMPLING.check(argv)
-    voxel_size = _voxel_size()
+    voxel_size = _SAMPLING.voxel_size_nm((3,))
     from emdiffuse_jax import checkpointing, restore, volume
 
     try:
