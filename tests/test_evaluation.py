@@ -56,6 +56,17 @@ def test_frc_resolution_of_a_band_limited_image_is_its_cutoff():
     np.testing.assert_allclose(result.resolution_px, 1 / 0.2, rtol=0.1)
 
 
+def test_axial_cone_sees_blur_along_the_first_axis_that_whole_rings_hide():
+    from scipy import ndimage
+
+    s = _white((2, 96, 96), 0)
+    # blurred along z of (N, Z, X) views only, plus a little noise (FRC ignores a noise-free linear filter)
+    blurred = ndimage.gaussian_filter1d(s, 2.0, axis=1) + 0.05 * _white(s.shape, 1)
+    whole, axial = fourier.frc(s, blurred), fourier.frc(s, blurred, cone="axial")
+    assert axial.crossed and axial.resolution_px > 2.5 and not whole.crossed
+    assert fourier.band_power_ratio(blurred, s, cone="axial") < 0.01 < fourier.band_power_ratio(blurred, s)
+
+
 def test_high_frequency_power_ratio_sees_lost_and_added_detail():
     s = _white((2, 96, 96), 0)
     assert fourier.band_power_ratio(_lowpass(s, 0.2), s) < 1e-6      # regression-like: detail gone

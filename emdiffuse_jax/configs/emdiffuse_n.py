@@ -14,6 +14,4 @@ def get_config(arg: str | None = None):
     config = train_config.base_config("denoise")
     # Reference differences (section 1.3): 256 px patches, in/out 2/1 channels, test schedule 1000 steps.
     config.data.patch_size = 256
-    if train_config.parse_variant(arg) == "tiny":
-        train_config.apply_tiny(config)
-    return config
+    return train_config.apply_variant(config, arg)

@@ -12,6 +12,4 @@ from emdiffuse_jax import train_config
 def get_config(arg: str | None = None):
     config = train_config.base_config("superres")
     config.data.patch_size = 256
-    if train_config.parse_variant(arg) == "tiny":
-        train_config.apply_tiny(config)
-    return config
+    return train_config.apply_variant(config, arg)

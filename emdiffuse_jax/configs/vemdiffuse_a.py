@@ -13,6 +13,4 @@ def get_config(arg: str | None = None):
     config = train_config.base_config("vem_a")
     config.data.patch_size = 256
     config.data.z_factor = 6
-    if train_config.parse_variant(arg) == "tiny":
-        train_config.apply_tiny(config)
-    return config
+    return train_config.apply_variant(config, arg)

@@ -20,6 +20,4 @@ def get_config(arg: str | None = None):
     config.data.z_factor = 6
     config.data.input_path = str(_SHARED_STACK) if _SHARED_STACK.exists() else ""
     config.optim.warmup_steps = 1000   # the reference had none for vEM; a short warm-up is harmless
-    if train_config.parse_variant(arg) == "tiny":
-        train_config.apply_tiny(config)
-    return config
+    return train_config.apply_variant(config, arg)

@@ -11,6 +11,7 @@ The names training uses are importable from the package itself.
 """
 
 from emdiffuse_jax.evaluation.metrics import DATA_RANGE, image_metrics, mae, psnr, ssim
-from emdiffuse_jax.evaluation.validation import make_validation_fn, summary_panel
+from emdiffuse_jax.evaluation.validation import make_regression_validation_fn, make_validation_fn, summary_panel
 
-__all__ = ["DATA_RANGE", "image_metrics", "mae", "psnr", "ssim", "make_validation_fn", "summary_panel"]
+__all__ = ["DATA_RANGE", "image_metrics", "mae", "psnr", "ssim", "make_regression_validation_fn", "make_validation_fn",
+           "summary_panel"]
