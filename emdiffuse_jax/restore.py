@@ -146,6 +146,10 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     """Restores every image of `input_path` into the folder `output`; returns (and writes) the report.
 
     voxel_size: the input's pixel size (y, x), or (z, y, x) for a stack, in nm, overriding its metadata.
+    Several processes (jax.distributed; one output folder they all see) share the images: process i
+    restores images i, i + P, ... with the same keys as a single process (one key per image index), writes
+    their files (one per image: no two processes write the same file) and its report entries; process 0
+    assembles stacks and report.json once all are done.
     """
     if task not in ("denoise", "superres"):
         raise ValueError(f"task must be 'denoise' or 'superres', got {task!r}")
@@ -158,6 +162,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     sizes = _input_voxel_sizes(input_path, [name for name, _ in items])
     if voxel_size is not None:
         sizes = {name: tuple(voxel_size) for name in sizes}
+    process, processes = jax.process_index(), jax.process_count()
     output.mkdir(parents=True, exist_ok=True)
     stack_parts = output / f".{input_path.stem}_slices"   # per-slice outputs of a stack until it is complete
     if num_samples < 2:
@@ -167,7 +172,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
                     "tile": tile, "overlap": overlap, "harmonize": harmonize, "threshold": threshold,
                     "reliability_window": window, "normalization": normalization, **(settings or {})}
     images, start = [], time.perf_counter()
-    for index, (name, load) in enumerate(items):
+    for index, (name, load) in list(enumerate(items))[process::processes]:
         t0 = time.perf_counter()
         raw = load()
         mode = normalization if normalization != "auto" else ("uint8" if raw.dtype == np.uint8 else "percentile")
@@ -218,14 +223,36 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
         log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
             f"{entry['seconds']:.1f} s{flag}")
+    images = _gather_entries(output, images, [name for name, _ in items], process, processes)
+    if process > 0:
+        return {"settings": run_settings, "images": images}
     if depth is not None:
-        _assemble_stacks(stack_parts, output, input_path.stem, [name for name, _ in items], out_size)
+        last_size = _output_voxel_size(sizes[items[-1][0]], task)
+        _assemble_stacks(stack_parts, output, input_path.stem, [name for name, _ in items], last_size)
     report = {"settings": run_settings,
               "score_definition": "mean over pixels of the per-pixel std of the K samples, intensities in [0, 1]; "
                                   "flagged unreliable when score > threshold",
               "images": images, "total_seconds": time.perf_counter() - start}
     _write_atomic(output / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     return report
+
+
+def _gather_entries(output: pathlib.Path, mine: list[dict], names: list[str], process: int,
+                    processes: int) -> list[dict]:
+    """Every process's report entries, in input order (multi-process runs exchange them through hidden
+    files in the output folder; a single process returns its own)."""
+    if processes == 1:
+        return mine
+    from jax.experimental import multihost_utils
+
+    part = output / f".report.p{process}.json"
+    _write_atomic(part, lambda p: p.write_text(json.dumps(mine)))
+    multihost_utils.sync_global_devices("restore_files: images done")
+    entries = [e for i in range(processes) for e in json.loads((output / f".report.p{i}.json").read_text())]
+    multihost_utils.sync_global_devices("restore_files: entries read")
+    part.unlink()
+    rank = {name: i for i, name in enumerate(names)}
+    return sorted(entries, key=lambda e: rank[e["name"]])
 
 
 def _assemble_stacks(parts: pathlib.Path, output: pathlib.Path, stem: str, names: list[str], voxel_size) -> None:

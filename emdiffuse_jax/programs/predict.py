@@ -6,6 +6,8 @@
 Writes, per image, the mean (input dtype and range), the std, the reliability map (for a TIFF stack: one
 multi-page TIFF each), with the input's pixel size, PNG previews and report.json (settings, per-image and per-tile uncertainty scores, flags, threshold, timings); see
 docs/prediction.md. Any image size: overlapping tiles are blended; images smaller than a tile are padded.
+Several processes (the hosts of a pod; --coordinator_address / --num_processes / --process_id where not
+detected) share the images of one input, writing into one output folder that they all see.
 (From a checkout: python launch/predict.py with the same flags.)
 """
 
@@ -23,11 +25,15 @@ _INPUT = flags.DEFINE_string("input", None, "A 2D image (TIFF/PNG), a TIFF stack
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
 _SAVE_SAMPLES = flags.DEFINE_bool("save_samples", False, "Also write the K individual samples.")
 flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
+_DISTRIBUTED = cli.DistributedFlags(mode_flag=True)
 
 
 def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((2, 3))
+    _DISTRIBUTED.initialize()   # before any other JAX call
+    import jax
+
     from emdiffuse_jax import checkpointing, restore
 
     try:
@@ -44,7 +50,8 @@ def main(argv):
             seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-            voxel_size=voxel_size, settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()})
+            voxel_size=voxel_size, settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()},
+            log=print if jax.process_index() == 0 else (lambda line: None))
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")
 
