@@ -57,6 +57,8 @@ def test_wheel_ships_every_config_program_the_command_and_the_licence(wheel):
     for name in command.programs():
         assert f"emdiffuse_jax/programs/{name}.py" in names
     assert "emdiffuse = emdiffuse_jax.command:main" in entry_points
+    assert "emdiffuse_jax/napari_plugin/napari.yaml" in names   # the napari plugin's manifest, and its hook:
+    assert "[napari.manifest]\nemdiffuse_jax = emdiffuse_jax.napari_plugin:napari.yaml" in entry_points
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: MIT" in metadata and "Project-URL: Homepage" in metadata
     assert "Classifier: Topic :: Scientific/Engineering :: Image Processing" in metadata
