@@ -117,6 +117,12 @@ def test_psnr_of_a_known_offset_and_generated_slices_only():
     assert report["settings"]["data_range"] == [0.0, 255.0]
 
 
+def test_a_stack_of_2d_images_gets_no_axial_measures():
+    truth = np.random.default_rng(0).integers(0, 255, (10, 32, 32)).astype(np.uint8)
+    row = compare.evaluate(truth, {"p": truth})["rows"][0]
+    assert row["images"] == 10 and "frc_xz" not in row and "psnr_by_distance" not in row
+
+
 def test_z_factor_must_fit_the_depth():
     truth = np.zeros((10, 16, 16), np.uint8)
     with pytest.raises(ValueError, match=r"\(N - 1\) \* 4 \+ 1"):

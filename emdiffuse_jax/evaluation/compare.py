@@ -111,7 +111,7 @@ def evaluate_one(name: str, prediction: np.ndarray, truth_unit: np.ndarray, data
     freqs, power = fourier.radial_power_spectrum(p)
     curves["spectrum_xy"] = (freqs.tolist(), power.tolist())
     row["hf_power_xy"] = fourier.band_power_ratio(p, t, band)
-    if len(pred) >= 8:   # XZ views (Y, Z, X) of the whole volume: the axial direction
+    if z_factor and len(pred) >= 8:   # an isotropic volume's XZ views (Y, Z, X): the axial direction
         axial_nm = voxel_size[2] if voxel_size and voxel_size[0] == voxel_size[2] else None
         pxz, txz = pred.transpose(1, 0, 2), truth_unit.transpose(1, 0, 2)
         frc_xz = fourier.frc(pxz, txz, cone="axial")
