@@ -32,7 +32,12 @@ def main(argv):
 
     try:
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
+        try:
+            loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
+        except checkpointing.IncompatibleCheckpointError:
+            loaded = checkpointing.load_model(_CHECKPOINT.value)   # what it is instead, to say what to run
+            if not loaded.unet.vem:
+                raise
         if loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a volume ({loaded.task}) model: reconstruct volumes with "
                                  "`emdiffuse isotropic` (launch/isotropic.py) --checkpoint=... --input=STACK "
