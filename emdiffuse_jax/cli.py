@@ -55,3 +55,12 @@ class SamplingFlags:
         from emdiffuse_jax import inference
 
         return inference.SamplerSpec(self.sampler.value, self.steps.value, eta=self.eta.value)
+
+
+def define_weights_flag():
+    """--weights=ema|online for the prediction commands (checkpointing.load_model's choice)."""
+    from absl import flags
+
+    return flags.DEFINE_enum("weights", "ema", ["ema", "online"],
+                             "Which parameters of a training checkpoint predict: the EMA (default) or the online "
+                             "(optimizer) weights. A reference .pth holds one set: choose the file instead.")

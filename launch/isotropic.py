@@ -15,7 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # noqa: E402
 
-from emdiffuse_jax.cli import SamplingFlags  # noqa: E402
+from emdiffuse_jax.cli import SamplingFlags, define_weights_flag  # noqa: E402
 
 _SAMPLING = SamplingFlags("slice")
 
@@ -24,6 +24,7 @@ _INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, fol
 _Z = flags.DEFINE_integer("z_factor", None, "Axial factor Z: Z - 1 slices are generated between neighbours.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
 _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "zarr"], "Output: folders of TIFF slices or Zarr arrays.")
+_WEIGHTS = define_weights_flag()
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
@@ -31,10 +32,11 @@ flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 def main(argv):
     _SAMPLING.check(argv)
     from emdiffuse_jax import checkpointing, restore, volume
+    from emdiffuse_jax.data import intensity
 
     try:
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value)
+        loaded = checkpointing.load_model(_CHECKPOINT.value, weights=_WEIGHTS.value)
         if not loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use launch/predict.py, or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
@@ -47,9 +49,9 @@ def main(argv):
                            seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-                           dataset=_DATASET.value,
+                           dataset=_DATASET.value, intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
                            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
-                                     "sampler": spec.to_dict()})
+                                     "weights": _WEIGHTS.value, "sampler": spec.to_dict()})
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")
 

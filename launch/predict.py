@@ -15,7 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # noqa: E402
 
-from emdiffuse_jax.cli import SamplingFlags  # noqa: E402
+from emdiffuse_jax.cli import SamplingFlags, define_weights_flag  # noqa: E402
 
 _SAMPLING = SamplingFlags("image")
 
@@ -23,6 +23,7 @@ _TASK = flags.DEFINE_enum("task", None, ["denoise", "superres"], "Restoration ta
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint step dir or reference .pth.")
 _INPUT = flags.DEFINE_string("input", None, "A 2D image (TIFF/PNG), a TIFF stack or a folder of images.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
+_WEIGHTS = define_weights_flag()
 _SAVE_SAMPLES = flags.DEFINE_bool("save_samples", False, "Also write the K individual samples.")
 flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
 
@@ -30,10 +31,11 @@ flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
 def main(argv):
     _SAMPLING.check(argv)
     from emdiffuse_jax import checkpointing, restore
+    from emdiffuse_jax.data import intensity
 
     try:
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
+        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, weights=_WEIGHTS.value)
         if loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a volume (vEM) model; use launch/isotropic.py")
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
@@ -42,7 +44,8 @@ def main(argv):
             seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-            settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()})
+            intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
+            settings={"checkpoint": _CHECKPOINT.value, "weights": _WEIGHTS.value, "sampler": spec.to_dict()})
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")
 
