@@ -28,12 +28,28 @@ import tifffile
 from emdiffuse_jax import inference, models, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, normalize
+from emdiffuse_jax.diffusion import objectives
 
 
 def make_restorer(loaded, spec: inference.SamplerSpec, batch_per_device: int = 4) -> inference.Restorer:
-    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec."""
-    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, inference.make_sample_fn(spec),
+    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec.
+
+    A regression-baseline checkpoint ignores the sampler: its one deterministic prediction per tile runs
+    through the same tiling and stitching as the diffusion samples (use K = 1 with it).
+    """
+    regression = objectives.objective_of(loaded.meta) == "regression"
+    sample_fn = objectives.regression_sample if regression else inference.make_sample_fn(spec)
+    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, sample_fn,
                               batch_per_device=batch_per_device)
+
+
+def samples_for(loaded, requested: int, log: Callable[[str], None] = print) -> int:
+    """K for a model: as requested, but 1 for a regression baseline (its prediction is deterministic, so more
+    samples would be identical copies with a zero std, and a zero score is no self-assessment)."""
+    if objectives.objective_of(loaded.meta) == "regression" and requested > 1:
+        log(f"regression model: one deterministic prediction (K = 1, no uncertainty) instead of K = {requested}")
+        return 1
+    return requested
 
 
 def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndarray]]]:
@@ -116,7 +132,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         except ValueError as err:
             raise io.DataError(f"{input_path} ({name}): {err}") from err
         if harmonize and mapping.input != mapping.target:
-            raise ValueError("--harmonize shifts each tile to its input's mean intensity, but this model maps "
+            raise ValueError("--harmonize matches each sample's brightness to its input's, but this model maps "
                              "inputs and targets differently (its intensity contract: the brightness change "
                              "is learned), so harmonising would undo it; run without --harmonize")
         pred = inference.predict_image(restorer, mapping.input_to_model(raw),

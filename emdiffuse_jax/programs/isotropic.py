@@ -1,0 +1,81 @@
+"""Isotropic volume reconstruction (vEMDiffuse-i / -a), slab by slab, resumable.
+
+  emdiffuse isotropic --checkpoint=WORKDIR_OR_PTH --input=STACK_FOLDER_OR_ZARR --z_factor=Z
+      --output=DIR [--num_samples=2]
+
+N input slices give (N - 1) * Z + 1 output slices (originals interleaved with generated ones) and an
+uncertainty (std) volume: mean.tif and std.tif, multi-page ImageJ TIFFs with the voxel size (the input's,
+z divided by Z), or OME-Zarr with --format=ome-zarr. Rerunning the same command after an interruption resumes without recomputing
+finished slabs; the final volumes appear only when complete. See docs/prediction.md.
+(From a checkout: python launch/isotropic.py with the same flags.)
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+from emdiffuse_jax import cli
+
+_SAMPLING = cli.SamplingFlags("slice")
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "vEM training workdir, checkpoint step dir or .pth.")
+_INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, folder of slices, Zarr or N5.")
+_Z = flags.DEFINE_integer("z_factor", None, "Axial factor Z: Z - 1 slices are generated between neighbours.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
+_FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr", "zarr"],
+                            "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
+                            "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
+                            "0.4) with a multiscale pyramid.")
+_VOXEL = flags.DEFINE_list("voxel_size", None, "Input voxel size Z,Y,X in nm (default: from the input's "
+                           "metadata); the output's z spacing is Z / z_factor.")
+_WEIGHTS = cli.define_weights_flag()
+_DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
+flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
+
+
+def _voxel_size():
+    if _VOXEL.value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in _VOXEL.value)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise app.UsageError(f"--voxel_size={','.join(_VOXEL.value)}: expected three positive numbers Z,Y,X in nm")
+    return values
+
+
+def main(argv):
+    _SAMPLING.check(argv)
+    voxel_size = _voxel_size()
+    from emdiffuse_jax import checkpointing, restore, volume
+    from emdiffuse_jax.data import intensity
+
+    try:
+        spec = _SAMPLING.sampler_spec()
+        loaded = checkpointing.load_model(_CHECKPOINT.value, weights=_WEIGHTS.value)
+        if not loaded.unet.vem:
+            raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
+                                 "pass a vEMDiffuse-i/-a checkpoint")
+        trained_z = loaded.meta.get("z_factor")
+        if trained_z and int(trained_z) != _Z.value:
+            raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
+                                 f"it), got --z_factor={_Z.value}")
+        restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
+        num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
+        volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=num_samples,
+                           seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
+                           harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
+                           normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
+                           dataset=_DATASET.value, voxel_size=voxel_size,
+                           intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
+                           settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                                     "weights": _WEIGHTS.value, "sampler": spec.to_dict()})
+    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
+        sys.exit(f"error: {err}")
+
+
+def run(argv=None):
+    """Runs this program (``emdiffuse isotropic`` and ``launch/isotropic.py``)."""
+    cli.run(main, __doc__, argv)
