@@ -59,6 +59,9 @@ class SamplingFlags:
             "Intensity mapping to [-1, 1]; auto = uint8 for 8-bit input, else percentile.")
         self.batch_per_device = flags.DEFINE_integer(
             "batch_per_device", 4, "Rows (tiles x samples) per device per call (halves on out-of-memory).")
+        self.voxel_size = flags.DEFINE_list(
+            "voxel_size", None, "Input voxel size in nm, Z,Y,X (or Y,X for 2D images); default: from the input's "
+            "metadata. Written to every output (isotropic: z / z_factor; superres: y, x halved).")
 
     def check(self, argv) -> None:
         """Rejects stray arguments and K < 1 before anything is loaded."""
@@ -68,6 +71,21 @@ class SamplingFlags:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         if self.num_samples.value < 1:
             raise app.UsageError(f"--num_samples must be >= 1, got {self.num_samples.value}")
+
+    def voxel_size_nm(self, counts: tuple[int, ...]) -> tuple[float, ...] | None:
+        """--voxel_size as floats (None when not given); a usage error unless it has one of `counts` values."""
+        from absl import app
+
+        if self.voxel_size.value is None:
+            return None
+        try:
+            values = tuple(float(v) for v in self.voxel_size.value)
+        except ValueError:
+            values = ()
+        if len(values) not in counts or min(values) <= 0:
+            raise app.UsageError(f"--voxel_size={','.join(self.voxel_size.value)}: expected "
+                                 f"{' or '.join(str(c) for c in counts)} positive numbers in nm (Z,Y,X or Y,X)")
+        return values
 
     def sampler_spec(self):
         from emdiffuse_jax import inference

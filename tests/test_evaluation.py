@@ -56,6 +56,17 @@ def test_frc_resolution_of_a_band_limited_image_is_its_cutoff():
     np.testing.assert_allclose(result.resolution_px, 1 / 0.2, rtol=0.1)
 
 
+def test_axial_cone_sees_blur_along_the_first_axis_that_whole_rings_hide():
+    from scipy import ndimage
+
+    s = _white((2, 96, 96), 0)
+    # blurred along z of (N, Z, X) views only, plus a little noise (FRC ignores a noise-free linear filter)
+    blurred = ndimage.gaussian_filter1d(s, 2.0, axis=1) + 0.05 * _white(s.shape, 1)
+    whole, axial = fourier.frc(s, blurred), fourier.frc(s, blurred, cone="axial")
+    assert axial.crossed and axial.resolution_px > 2.5 and not whole.crossed
+    assert fourier.band_power_ratio(blurred, s, cone="axial") < 0.01 < fourier.band_power_ratio(blurred, s)
+
+
 def test_high_frequency_power_ratio_sees_lost_and_added_detail():
     s = _white((2, 96, 96), 0)
     assert fourier.band_power_ratio(_lowpass(s, 0.2), s) < 1e-6      # regression-like: detail gone
@@ -104,6 +115,12 @@ def test_psnr_of_a_known_offset_and_generated_slices_only():
     np.testing.assert_allclose(off["mae"], 10 / 255, rtol=1e-6)
     assert set(off["psnr_by_distance"]) == {1, 2}
     assert report["settings"]["data_range"] == [0.0, 255.0]
+
+
+def test_a_stack_of_2d_images_gets_no_axial_measures():
+    truth = np.random.default_rng(0).integers(0, 255, (10, 32, 32)).astype(np.uint8)
+    row = compare.evaluate(truth, {"p": truth})["rows"][0]
+    assert row["images"] == 10 and "frc_xz" not in row and "psnr_by_distance" not in row
 
 
 def test_z_factor_must_fit_the_depth():

@@ -109,3 +109,32 @@ def test_isotropic_command_builds_the_volume_and_refuses_a_2d_model(denoise_ckpt
         assert tif.series[0].shape == (5, 24, 20) and tif.imagej_metadata["spacing"] == pytest.approx(25.0)
     report = json.loads((tmp_path / "iso" / "report.json").read_text())
     assert report["output_shape"] == [5, 24, 20] and len(report["slab_scores"]) == 2
+
+
+def test_a_stack_in_gives_stacks_out_with_the_pixel_size_and_calibrates(denoise_ckpt, tmp_path):
+    from emdiffuse_jax.data import io
+
+    yy, xx = np.mgrid[:40, :52]
+    stack = np.stack([(20000 + 8000 * np.sin(yy / (4.0 + z)) * np.cos(xx / 6.0)).astype(np.uint16) for z in range(3)])
+    path = io.write_tiff(tmp_path / "s.tif", stack, voxel_size=(30.0, 5.0, 5.0))
+    restorer = restore.make_restorer(checkpointing.load_model(denoise_ckpt, task="denoise"),
+                                     inference.SamplerSpec("ddim", 2))
+    out = tmp_path / "out"
+    report = restore.restore_files(restorer, path, out, task="denoise", num_samples=2, tile=32, overlap=8,
+                                   log=lambda _: None)
+    for kind, dtype in (("mean", np.uint16), ("std", np.float32), ("reliability", np.float32)):
+        with tifffile.TiffFile(out / f"s_{kind}.tif") as tif:   # one multi-page TIFF per output, Fiji's scale
+            assert tif.series[0].shape == (3, 40, 52) and tif.series[0].dtype == dtype
+            assert tif.imagej_metadata["spacing"] == pytest.approx(30.0) and tif.imagej_metadata["unit"] == "nm"
+            assert tif.pages[0].tags["XResolution"].value == (1, 5)
+    assert not list(out.glob("s_z*_mean.tif")) and not list(out.glob(".*"))   # no per-slice files left over
+    assert [e["name"] for e in report["images"]] == ["s_z0000", "s_z0001", "s_z0002"]
+    assert report["images"][1]["voxel_size_nm"]["output"] == [30.0, 5.0, 5.0]
+    mean, std, target, unit = restore.load_calibration_units(out, path, "block", 16, log=lambda _: None)  # pages
+    assert mean.shape == std.shape == target.shape == (3 * 2 * 3, 16, 16)
+    # Super-resolution halves the pixel size; an explicit voxel size overrides the (absent) metadata.
+    tifffile.imwrite(tmp_path / "lr.tif", stack[0])
+    restore.restore_files(restorer, tmp_path / "lr.tif", tmp_path / "sr", task="superres", num_samples=1, tile=32,
+                          overlap=8, voxel_size=(8.0, 8.0), log=lambda _: None)
+    assert io.read_voxel_size(tmp_path / "sr" / "lr_mean.tif") == pytest.approx((4.0, 4.0))
+    assert tifffile.imread(tmp_path / "sr" / "lr_mean.tif").shape == (80, 104)

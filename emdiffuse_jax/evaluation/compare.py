@@ -10,8 +10,9 @@ isotropic.py, in [0, 1] units of the intensity range).
   min..max for float data.
 * With z_factor (isotropic reconstructions, (N - 1) * Z + 1 slices), only the generated slices (index not
   a multiple of Z) enter PSNR, SSIM, MAE, the XY FRC, the spectra and the block statistics; per-slice PSNR
-  is also reported against the distance to the nearest input slice. The XZ FRC (the axial resolution)
-  uses whole XZ views, input slices included.
+  is also reported against the distance to the nearest input slice. The XZ FRC and XZ power (the axial
+  resolution) use whole XZ views, input slices included, restricted to the Fourier coefficients within 45
+  degrees of the z axis (`fourier`, cone="axial").
 * PSNR, SSIM and MAE are means over the evaluated images (slices) of the per-image values.
 """
 
@@ -110,13 +111,13 @@ def evaluate_one(name: str, prediction: np.ndarray, truth_unit: np.ndarray, data
     freqs, power = fourier.radial_power_spectrum(p)
     curves["spectrum_xy"] = (freqs.tolist(), power.tolist())
     row["hf_power_xy"] = fourier.band_power_ratio(p, t, band)
-    if len(pred) >= 8:   # XZ views (Y, Z, X) of the whole volume: the axial direction
+    if z_factor and len(pred) >= 8:   # an isotropic volume's XZ views (Y, Z, X): the axial direction
         axial_nm = voxel_size[2] if voxel_size and voxel_size[0] == voxel_size[2] else None
         pxz, txz = pred.transpose(1, 0, 2), truth_unit.transpose(1, 0, 2)
-        frc_xz = fourier.frc(pxz, txz)
+        frc_xz = fourier.frc(pxz, txz, cone="axial")
         row["frc_xz"] = _frc_entry(frc_xz, axial_nm)
         curves["frc_xz"] = (frc_xz.frequencies.tolist(), frc_xz.frc.tolist())
-        row["hf_power_xz"] = fourier.band_power_ratio(pxz, txz, band)
+        row["hf_power_xz"] = fourier.band_power_ratio(pxz, txz, band, cone="axial")
     if z_factor:
         distance = np.minimum(sel % z_factor, z_factor - sel % z_factor)
         row["psnr_by_distance"] = {int(d): float(psnr[distance == d].mean()) for d in np.unique(distance)}

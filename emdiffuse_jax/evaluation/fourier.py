@@ -11,6 +11,10 @@
   truth's in a high-frequency band tells how much fine detail is kept: a regression to the mean loses it
   (ratio well below 1), realistic samples keep it (ratio near 1), noise adds to it (ratio above 1).
 
+For the axial resolution of a volume (XZ views, first image axis = z) both measures take an optional
+`cone="axial"`: only the Fourier coefficients within 45 degrees of the z axis (|f_z| >= |f_x|) count, so the
+lateral detail of the input slices, which every method copies, does not mask what is missing along z.
+
 Every image has its mean removed and is apodised with a 2D Hann window (the same for both images) so
 that the image borders do not show up as false high-frequency content. Pure NumPy; images (H, W) or
 stacks (N, H, W), whose per-ring sums are pooled over the stack.
@@ -46,18 +50,26 @@ def _spectra(x: np.ndarray) -> np.ndarray:
     return np.fft.fft2(x)
 
 
-def _rings(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+CONES = ("all", "axial")
+
+
+def _rings(h: int, w: int, cone: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """Ring index of every FFT coefficient and the ring centre frequencies (cycles per pixel).
 
     Rings are 1 / min(h, w) wide; frequencies beyond Nyquist along the shorter axis (the corners) are
-    dropped (index -1).
+    dropped (index -1), and with cone="axial" so is every coefficient further than 45 degrees from the
+    first axis.
     """
+    if cone not in CONES:
+        raise ValueError(f"cone must be one of {CONES}, got {cone!r}")
     n = min(h, w)
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     radius = np.sqrt(fy ** 2 + fx ** 2)
     index = np.rint(radius * n).astype(int)
     num = n // 2 + 1
     index[index >= num] = -1
+    if cone == "axial":
+        index[np.broadcast_to(np.abs(fy) < np.abs(fx), index.shape)] = -1
     return index, np.arange(num) / n
 
 
@@ -79,13 +91,13 @@ class FrcResult:
         return None if pixel_nm is None else self.resolution_px * float(pixel_nm)
 
 
-def frc_curve(a, b) -> tuple[np.ndarray, np.ndarray]:
+def frc_curve(a, b, cone: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """(frequencies, FRC) of two images or stacks of equal shape; sums pooled over the stack."""
     a, b = _stack(a, "first image"), _stack(b, "second image")
     if a.shape != b.shape:
         raise ValueError(f"FRC needs images of one shape, got {a.shape} and {b.shape}")
     fa, fb = _spectra(a), _spectra(b)
-    index, freqs = _rings(*a.shape[1:])
+    index, freqs = _rings(*a.shape[1:], cone)
     num = len(freqs)
     cross = sum(_ring_sum(np.real(fa[i] * np.conj(fb[i])), index, num) for i in range(len(a)))
     pa = sum(_ring_sum(np.abs(fa[i]) ** 2, index, num) for i in range(len(a)))
@@ -109,26 +121,27 @@ def frc_resolution(freqs: np.ndarray, frc: np.ndarray, threshold: float = FRC_TH
     return FrcResult(freqs, frc, threshold, float(1.0 / f), crossed=True)
 
 
-def frc(a, b, threshold: float = FRC_THRESHOLD) -> FrcResult:
+def frc(a, b, threshold: float = FRC_THRESHOLD, cone: str = "all") -> FrcResult:
     """FRC curve of two images (or stacks) and the resolution at `threshold`."""
-    return frc_resolution(*frc_curve(a, b), threshold)
+    return frc_resolution(*frc_curve(a, b, cone), threshold)
 
 
-def radial_power_spectrum(x) -> tuple[np.ndarray, np.ndarray]:
+def radial_power_spectrum(x, cone: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """(frequencies, mean |FFT|^2 per ring) of an image or a stack (rings averaged over the stack)."""
     x = _stack(x, "image")
     f = _spectra(x)
-    index, freqs = _rings(*x.shape[1:])
+    index, freqs = _rings(*x.shape[1:], cone)
     num = len(freqs)
     power = sum(_ring_sum(np.abs(f[i]) ** 2, index, num) for i in range(len(x)))
     counts = _ring_sum(np.ones(index.shape), index, num) * len(x)
     return freqs, power / np.maximum(counts, 1)
 
 
-def band_power_ratio(prediction, truth, band: tuple[float, float] = HIGH_FREQUENCY_BAND) -> float:
+def band_power_ratio(prediction, truth, band: tuple[float, float] = HIGH_FREQUENCY_BAND,
+                     cone: str = "all") -> float:
     """Power of `prediction` over the power of `truth` in the frequency band [band[0], band[1]] (cycles/px)."""
-    freqs, p_pred = radial_power_spectrum(prediction)
-    _, p_true = radial_power_spectrum(truth)
+    freqs, p_pred = radial_power_spectrum(prediction, cone)
+    _, p_true = radial_power_spectrum(truth, cone)
     if np.shape(prediction) != np.shape(truth):
         raise ValueError(f"prediction {np.shape(prediction)} and truth {np.shape(truth)} differ in shape")
     sel = (freqs >= band[0]) & (freqs <= band[1])

@@ -22,6 +22,9 @@ _SAMPLING = cli.SamplingFlags("slice")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "vEM training workdir, checkpoint step dir or .pth.")
 _INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, folder of slices, Zarr or N5.")
 _Z = flags.DEFINE_integer("z_factor", None, "Axial factor Z: Z - 1 slices are generated between neighbours.")
+_TRAINED_Z = flags.DEFINE_integer("trained_z_factor", None, "The z_factor the model was trained with: required "
+                                  "for a .pth, which does not record it (published weights: vEMDiffuse-i 6, "
+                                  "vEMDiffuse-a 5; docs/weights.md); must equal --z_factor.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
 _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr", "zarr"],
                             "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
@@ -34,21 +37,9 @@ _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
 
-def _voxel_size():
-    if _VOXEL.value is None:
-        return None
-    try:
-        values = tuple(float(v) for v in _VOXEL.value)
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) <= 0:
-        raise app.UsageError(f"--voxel_size={','.join(_VOXEL.value)}: expected three positive numbers Z,Y,X in nm")
-    return values
-
-
 def main(argv):
     _SAMPLING.check(argv)
-    voxel_size = _voxel_size()
+    voxel_size = _SAMPLING.voxel_size_nm((3,))
     from emdiffuse_jax import checkpointing, restore, volume
     from emdiffuse_jax.data import intensity
 
@@ -58,10 +49,7 @@ def main(argv):
         if not loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
-        trained_z = loaded.meta.get("z_factor")
-        if trained_z and int(trained_z) != _Z.value:
-            raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
-                                 f"it), got --z_factor={_Z.value}")
+        trained_z, trained_z_source = checkpointing.trained_z_factor(loaded, _Z.value, _TRAINED_Z.value)
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
         num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
         volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=num_samples,
@@ -71,7 +59,8 @@ def main(argv):
                            dataset=_DATASET.value, voxel_size=voxel_size,
                            intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
                            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
-                                     "weights": _WEIGHTS.value, "sampler": spec.to_dict()})
+                                     "weights": _WEIGHTS.value, "sampler": spec.to_dict(), "trained_z_factor": trained_z,
+                                     "trained_z_factor_source": trained_z_source})
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")
 
