@@ -30,8 +30,6 @@ _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr"
                             "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
                             "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
                             "0.4) with a multiscale pyramid.")
-_VOXEL = flags.DEFINE_list("voxel_size", None, "Input voxel size Z,Y,X in nm (default: from the input's "
-                           "metadata); the output's z spacing is Z / z_factor.")
 _WEIGHTS = cli.define_weights_flag()
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
