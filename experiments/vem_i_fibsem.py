@@ -105,7 +105,7 @@ def main():
             stds[name] = pred / name / "std.tif"
     cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), f"--truth={truth}",
            f"--output={work / f'results_{tag}'}", f"--z_factor={z}", "--voxel_size=10,10,10",
-           f"--block={args.block}"]
+           f"--block={args.block}", f"--input={test_input}"]
     cmd += [f"--prediction={n}={p}" for n, p in predictions.items()]
     cmd += [f"--std={n}={p}" for n, p in stds.items()]
     print("$", " ".join(cmd), flush=True)
