@@ -111,9 +111,9 @@ def appends_in_place(path: str | os.PathLike) -> bool:
 class EventWriter:
     """TensorBoard scalar and image summaries in ``events.out.tfevents.*`` files in logdir.
 
-    Local logdirs: one file, appended and flushed event by event (TensorBoard sees them live). Object stores (see appends_in_place):
-    events are buffered and every ``flush()`` uploads them as one new file (TensorBoard reads all event
-    files of a directory in name order).
+    Local logdirs: one file, appended and flushed event by event (TensorBoard sees them live). Object
+    stores (see appends_in_place): events are buffered and every ``flush()`` uploads them as one new file
+    (TensorBoard reads all event files of a directory in name order).
     """
 
     def __init__(self, logdir: str | os.PathLike, append: bool | None = None):
