@@ -54,7 +54,7 @@ def restore(image, checkpoint: pathlib.Path, *, task: Task = Task.denoise, num_s
     as the voxel size, so outputs overlay it). trained_z_factor: for a .pth (0 = not given; docs/weights.md).
     """
     from emdiffuse_jax import checkpointing, inference, restore, volume
-    from emdiffuse_jax.data import io
+    from emdiffuse_jax.data import intensity, io
 
     log = log or _progress_log()
     task = Task(task)
@@ -69,12 +69,14 @@ def restore(image, checkpoint: pathlib.Path, *, task: Task = Task.denoise, num_s
             trained, source_of_z = checkpointing.trained_z_factor(loaded, z_factor, trained_z_factor or None)
             volume.reconstruct(restore.make_restorer(loaded, spec), source, tmp / "out", z_factor,
                                num_samples=num_samples, seed=seed, tile=tile, overlap=overlap, log=log,
+                               intensity=intensity.from_meta(loaded.meta, str(checkpoint)),
                                settings={"checkpoint": str(checkpoint), "trained_z_factor": trained,
                                          "trained_z_factor_source": source_of_z})
         else:
             loaded = checkpointing.load_model(checkpoint, task=task.value)
             restore.restore_files(restore.make_restorer(loaded, spec), source, tmp / "out", task=task.value,
                                   num_samples=num_samples, seed=seed, tile=tile, overlap=overlap, log=log,
+                                  intensity=intensity.from_meta(loaded.meta, str(checkpoint)),
                                   settings={"checkpoint": str(checkpoint)})
         layers = [(np.asarray(d), kwargs, kind) for d, kwargs, kind in read_outputs(tmp / "out", source.stem)]
     if task is Task.isotropic:   # volumes have no reliability file: the same local score, slice by slice
