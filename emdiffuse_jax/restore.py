@@ -13,6 +13,7 @@ written under a hidden temporary name and renamed when complete; report.json is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -25,12 +26,35 @@ import tifffile
 
 from emdiffuse_jax import inference, models, uncertainty
 from emdiffuse_jax.data import io, normalize
+from emdiffuse_jax.diffusion import schedules
 
 
-def make_restorer(loaded, spec: inference.SamplerSpec, batch_per_device: int = 4) -> inference.Restorer:
-    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec."""
+def model_patch_size(loaded) -> int:
+    """The patch size the model was trained on (its checkpoint record; the network's image_size, 256 for a
+    published .pth, when the record has none): the default tile, the context the network learnt."""
+    size = loaded.meta.get("patch_size") or loaded.meta.get("config", {}).get("data", {}).get("patch_size")
+    return int(size or loaded.unet.image_size)
+
+
+def train_schedule(loaded) -> dict:
+    """The noise schedule the model was trained with (its checkpoint's config; the published one otherwise)."""
+    schedule = loaded.meta.get("config", {}).get("diffusion", {}).get("train_schedule")
+    return dict(schedule) if schedule else dict(schedules.TRAIN_SCHEDULE)
+
+
+def spec_for_checkpoint(spec: inference.SamplerSpec, loaded) -> inference.SamplerSpec:
+    """`spec` with the checkpoint's training schedule (where the fast samplers' noise grid starts)."""
+    return dataclasses.replace(spec, train_schedule=tuple(train_schedule(loaded).items()))
+
+
+def make_restorer(loaded, spec: inference.SamplerSpec, *, tiling: str = "joint", batch_per_device: int | None = None,
+                  memory_limit_gb: float | None = None) -> inference.Restorer:
+    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec: the sampler's noise grid
+    from the checkpoint's training schedule, the default tile from its training patch size."""
+    spec = spec_for_checkpoint(spec, loaded)
     return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, inference.make_sample_fn(spec),
-                              batch_per_device=batch_per_device)
+                              tiling=tiling, unet=loaded.unet, default_tile=model_patch_size(loaded),
+                              batch_per_device=batch_per_device, memory_limit_gb=memory_limit_gb, steps=spec.steps)
 
 
 def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndarray]]]:
@@ -80,15 +104,20 @@ def _check_output(input_path: pathlib.Path, output: pathlib.Path) -> None:
 
 
 def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike, *,
-                  task: str, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
+                  task: str, num_samples: int = 2, seed: int = 0, tile: int | None = None,
+                  overlap: float | None = None,
                   harmonize: bool = False, keep_samples: bool = False, normalization: str = "auto",
                   threshold: float = uncertainty.DEFAULT_THRESHOLD, window: int = 64,
                   settings: dict | None = None, log: Callable[[str], None] = print) -> dict:
-    """Restores every image of `input_path` into the folder `output`; returns (and writes) the report."""
+    """Restores every image of `input_path` into the folder `output`; returns (and writes) the report.
+
+    tile / overlap default to the model's training patch size and a quarter of it (`Restorer.resolve_tiling`).
+    """
     if task not in ("denoise", "superres"):
         raise ValueError(f"task must be 'denoise' or 'superres', got {task!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
+    tile, overlap = restorer.resolve_tiling(tile, overlap)
     input_path, output = pathlib.Path(input_path), pathlib.Path(output)
     items = list_inputs(input_path)
     _check_output(input_path, output)
@@ -97,7 +126,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         log("K=1: no uncertainty can be estimated (std, score and reliability need K >= 2)")
     key = jax.random.key(seed)
     run_settings = {"task": task, "input": str(input_path), "num_samples": num_samples, "seed": seed,
-                    "tile": tile, "overlap": overlap, "harmonize": harmonize, "threshold": threshold,
+                    "tile": tile, "overlap": overlap, "tiling": restorer.tiling, "harmonize": harmonize, "threshold": threshold,
                     "reliability_window": window, "normalization": normalization, **(settings or {})}
     images, start = [], time.perf_counter()
     for index, (name, load) in enumerate(items):
@@ -111,8 +140,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         pred = inference.predict_image(restorer, normalize.apply_normalization(raw, params),
                                        jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
                                        overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
-                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})",
-                                       progress=lambda done, total: log(f"  {name}: {done}/{total} tile samples"))
+                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})")
         mean = normalize.denormalize(np.clip(pred.mean, -1, 1), params)
         std = (pred.std / 2.0).astype(np.float32)
         files = {f"{name}_mean.tif": mean, f"{name}_std.tif": std}
@@ -138,8 +166,8 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         images.append(entry)
         flag = "" if entry["score"] is None else \
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
-        log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
-            f"{entry['seconds']:.1f} s{flag}")
+        log(f"{name}: " + inference.progress_line(index + 1, len(items), time.perf_counter() - start, restorer,
+                                        pred.num_tiles, num_samples) + f", this image {entry['seconds']:.1f} s{flag}")
     report = {"settings": run_settings,
               "score_definition": "mean over pixels of the per-pixel std of the K samples, intensities in [0, 1]; "
                                   "flagged unreliable when score > threshold",

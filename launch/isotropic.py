@@ -42,7 +42,8 @@ def main(argv):
         if trained_z and int(trained_z) != _Z.value:
             raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
                                  f"it), got --z_factor={_Z.value}")
-        restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
+        spec = restore.spec_for_checkpoint(spec, loaded)
+        restorer = restore.make_restorer(loaded, spec, **_SAMPLING.restorer_options())
         volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=_SAMPLING.num_samples.value,
                            seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,

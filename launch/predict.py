@@ -36,7 +36,8 @@ def main(argv):
         loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
         if loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a volume (vEM) model; use launch/isotropic.py")
-        restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
+        spec = restore.spec_for_checkpoint(spec, loaded)
+        restorer = restore.make_restorer(loaded, spec, **_SAMPLING.restorer_options())
         restore.restore_files(
             restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=_SAMPLING.num_samples.value,
             seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
