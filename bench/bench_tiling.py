@@ -118,8 +118,8 @@ def main(argv):
     plan = re.findall(r"memory plan: (.*)", text)
     print(f"\nisotropic: 2 x 256 x 256 mouse-liver slices, tiny vEMDiffuse-i, dpm 20 steps, K = 2, default tile "
           f"{report['settings']['tile']} / overlap {report['settings']['overlap']}: {wall:.1f} s, peak "
-          f"{rss:.2f} GiB, output {report['output_shape']} ({len(list((out / 'mean').glob('*.tif')))} mean, "
-          f"{len(list((out / 'std').glob('*.tif')))} std slices); plan: {plan[-1] if plan else '-'}")
+          f"{rss:.2f} GiB, output {report['output_shape']} ({len(tifffile.imread(out / 'mean.tif'))} mean, "
+          f"{len(tifffile.imread(out / 'std.tif'))} std slices); plan: {plan[-1] if plan else '-'}")
 
     crop = work / "slice250.tif"
     tifffile.imwrite(crop, stack[245])

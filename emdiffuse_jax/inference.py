@@ -31,6 +31,7 @@ import numpy as np
 from emdiffuse_jax import memory, models, parallel
 from emdiffuse_jax.data import degrade, tiling
 from emdiffuse_jax.diffusion import multidiffusion, samplers, schedules
+from emdiffuse_jax.harmonize import default_sigma, match_low_frequencies, slice_reference
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class Restorer:
     unet: the network's configuration, for the tile check (multiple of its down-sampling factor) and the
     analytic part of the memory estimate; None for other networks. default_tile: the tile used when none
     is given, normally the model's training patch size (the context the network learnt). batch_per_device:
-    an upper bound on the rows per device per call (None: as many as the memory plan allows);
+    an upper bound on the rows per device per call (None: as many as the memory plan allows, on CPU at
+    most `memory.CPU_PIXELS_PER_CALL` pixels);
     memory_limit_gb: the plan's limit (None: `memory.DEFAULT_FRACTION` of the free memory). steps: the
     sampler's network evaluations per sample, for progress lines only.
     """
@@ -162,17 +164,21 @@ class Restorer:
         channels (the network sees them and the noisy target)."""
         key = (tile, channels, vem)
         if key not in self._row_bytes:
+            net_channels = channels + 1 if self.unet is None else self.unet.in_channel  # regression: cond only
             self._row_bytes[key] = memory.network_row_bytes(self.apply_fn, self._abstract_params, tile,
-                                                            channels + 1, vem, self.unet)
+                                                            net_channels, vem, self.unet)
         limit, source = memory.limit_bytes(self.memory_limit_gb, self.devices[0])
         n = len(self.devices)
         most = -(-total_rows // n)
+        shared_host = self.devices[0].platform == "cpu"
         if self.batch_per_device is not None:
             most = min(most, self.batch_per_device)
+        elif shared_host:
+            most = min(most, max(1, memory.CPU_PIXELS_PER_CALL // (tile * tile)))
         plan = memory.plan_rows(
             per_row_bytes=self._row_bytes[key] + extra_row_bytes,
             fixed_bytes=memory.tree_bytes(self._abstract_params) + fixed_bytes, limit=limit, num_devices=n,
-            max_rows_per_device=most, shared_host=self.devices[0].platform == "cpu",
+            max_rows_per_device=most, shared_host=shared_host,
             what=f"one {tile} x {tile} tile",
             advice=f"use a smaller --tile (a multiple of {self.downsampling}; the model was trained on "
                    f"{self.default_tile} px tiles), a smaller image or fewer --num_samples, or raise "
@@ -295,12 +301,15 @@ def _check_samples(num_samples: int) -> None:
         raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
 
 
-def _stitch(samples: np.ndarray, cond_tiles: np.ndarray, origins, shape, window, harmonize: bool,
+def _stitch(samples: np.ndarray, reference: np.ndarray, origins, shape, window, harmonize: bool,
             keep_samples: bool):
-    """Independent tiles: samples (T, K, h, w) -> stitched mean, std (and samples) of an image of `shape`."""
-    if harmonize:  # per tile, shift all samples so their mean intensity matches the condition's
-        offset = cond_tiles.mean(axis=(1, 2, 3)) - samples.mean(axis=(1, 2, 3))
-        samples = samples + offset[:, None, None, None]
+    """Independent tiles: samples (T, K, h, w) -> stitched mean, std (and samples) of an image of `shape`.
+
+    harmonize: each sample's low frequencies are matched to the reference tiles (T, h, w), what the
+    condition implies (see `harmonize.py`), before the mean and std are taken.
+    """
+    if harmonize:
+        samples = match_low_frequencies(samples, reference[:, None], default_sigma(samples.shape[-1]))
     k = samples.shape[1]
     mean_t = samples.mean(axis=1)
     var_t = samples.var(axis=1, ddof=1) if k > 1 else np.zeros_like(mean_t)
@@ -312,21 +321,15 @@ def _stitch(samples: np.ndarray, cond_tiles: np.ndarray, origins, shape, window,
     return mean.astype(np.float32), std.astype(np.float32), stitched
 
 
-def _whole_image_stats(samples: np.ndarray, cond: np.ndarray, grid: multidiffusion.TileGrid, harmonize: bool,
+def _whole_image_stats(samples: np.ndarray, reference: np.ndarray, tile: int, harmonize: bool,
                        keep_samples: bool):
     """Joint tiling: whole-image samples (K, H, W) -> mean, std (ddof=1, 0 for K=1) and optionally samples.
 
-    harmonize adds to each sample a smooth brightness field: per tile, the condition's mean minus the
-    sample's mean, blended with the window (the joint counterpart of the per-tile shift).
+    harmonize: each sample's low frequencies are matched to `reference` (H, W), what the condition implies
+    (see `harmonize.py`), at the scale of the tile, as in independent mode.
     """
     if harmonize:
-        h, w = grid.image_shape
-        cond_tiles, origins = tiling.extract_tiles(cond, (grid.tile, grid.tile), grid.overlap)
-        sample_tiles = np.stack([tiling.extract_tiles(s, (grid.tile, grid.tile), grid.overlap)[0] for s in samples])
-        offset = cond_tiles.mean(axis=tuple(range(1, cond_tiles.ndim))) - sample_tiles.mean(axis=(2, 3))  # (K, T)
-        ones = np.ones((grid.num_tiles, grid.tile, grid.tile))
-        samples = samples + np.stack([tiling.stitch_tiles(ones * o[:, None, None], origins, (h, w), grid.window())
-                                      for o in offset]).astype(np.float32)
+        samples = match_low_frequencies(samples, reference[None], default_sigma(tile))
     mean = samples.mean(axis=0)
     std = samples.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(mean)
     return mean.astype(np.float32), std.astype(np.float32), samples if keep_samples else None
@@ -353,14 +356,15 @@ def predict_image(restorer: Restorer, image: np.ndarray, key: jax.Array, *, num_
         canvas = tiling.pad_to(cond_image[..., None], grid.canvas_shape)
         samples = restorer.sample_joint(canvas, item_keys(key, np.arange(k)), None, grid)
         h, w = cond_image.shape
-        mean, std, kept = _whole_image_stats(samples[:, :h, :w], cond_image, grid, harmonize, keep_samples)
+        mean, std, kept = _whole_image_stats(samples[:, :h, :w], cond_image, tile, harmonize, keep_samples)
         return Prediction(mean, std, kept, grid.num_tiles, time.perf_counter() - start)
     tiles, origins = tiling.extract_tiles(cond_image[..., None], (tile, tile), overlap)
     t = len(tiles)
     tile_ids, sample_ids = np.repeat(np.arange(t), k), np.tile(np.arange(k), t)
     rows = restorer.sample(tiles[tile_ids], item_keys(key, tile_ids, sample_ids))
     samples = rows.reshape(t, k, tile, tile)
-    mean, std, stitched = _stitch(samples, tiles, origins, cond_image.shape, grid.window(), harmonize, keep_samples)
+    mean, std, stitched = _stitch(samples, tiles[..., 0], origins, cond_image.shape, grid.window(), harmonize,
+                                  keep_samples)
     return Prediction(mean, std, stitched, t, time.perf_counter() - start)
 
 
@@ -390,7 +394,8 @@ def predict_between(restorer: Restorer, earlier: np.ndarray, later: np.ndarray, 
         rows = restorer.sample_joint(canvas, item_keys(key, slice_ids, sample_ids), slice_ids, grid)
         h, w = earlier.shape
         rows = rows[:, :h, :w].reshape(c, k, h, w)
-        stats = [_whole_image_stats(rows[j], pair, grid, harmonize, keep_samples) for j in range(c)]
+        stats = [_whole_image_stats(rows[j], slice_reference(earlier, later, j, z_factor), tile, harmonize,
+                                    keep_samples) for j in range(c)]
         num_tiles = grid.num_tiles
     else:
         tiles, origins = tiling.extract_tiles(pair, (tile, tile), overlap)
@@ -399,7 +404,8 @@ def predict_between(restorer: Restorer, earlier: np.ndarray, later: np.ndarray, 
         rows = restorer.sample(tiles[ids[:, 0]], item_keys(key, ids[:, 0], ids[:, 1], ids[:, 2]),
                                slice_index=ids[:, 1])
         samples = rows.reshape(t, c, k, tile, tile)
-        stats = [_stitch(samples[:, j], tiles, origins, earlier.shape, grid.window(), harmonize, keep_samples)
+        stats = [_stitch(samples[:, j], slice_reference(tiles[..., 1], tiles[..., 0], j, z_factor), origins,
+                         earlier.shape, grid.window(), harmonize, keep_samples)  # channels [later, earlier]
                  for j in range(c)]
         num_tiles = t
     means, stds, kept = zip(*stats)

@@ -29,6 +29,10 @@ GB = 1024 ** 3
 # Share of the free memory a plan may use by default: room for the runtime, I/O buffers and the OS.
 DEFAULT_FRACTION = 0.8
 
+# On CPU larger calls are no faster per tile (docs/prediction.md, speed table: 0.87 s per 256 px tile at
+# batch 1, 1.07 s at batch 8), they only take memory: at most this many pixels per device per call there.
+CPU_PIXELS_PER_CALL = 2 ** 18
+
 
 def available_bytes(device=None) -> int:
     """Free memory of `device` (default: the first local one): host RAM available on CPU (MemAvailable),
