@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
+from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.diffusion import objectives, schedules
 from emdiffuse_jax.optim import make_optimizer
 from emdiffuse_jax.train_config import TASKS, VEM_TASKS
@@ -69,10 +70,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
     if config.num_steps < 1 or config.log_every < 1:
         raise ValueError("num_steps and log_every must be >= 1")
+    checkpointing.check_weights(config.eval.weights)
 
 
-def build_sources(config: ml_collections.ConfigDict):
-    """Train and held-out validation sources of the data pipeline; logs which data is used."""
+def build_sources(config: ml_collections.ConfigDict, intensity: Any = None):
+    """Train and held-out validation sources of the data pipeline; logs which data is used.
+
+    intensity: the contract to map the data with (a resumed checkpoint's); None fits one on the training
+    split. The validation source always uses the training source's contract.
+    """
     from emdiffuse_jax.data.pipeline import build_train_source
 
     input_path = config.data.input_path or None
@@ -81,8 +87,9 @@ def build_sources(config: ml_collections.ConfigDict):
                   z_factor=config.data.z_factor if config.task in VEM_TASKS else None,
                   val_fraction=config.data.val_fraction, normalization=config.data.normalization or None,
                   degrade=config.data.degrade or None)
-    train = build_train_source(config.task, input_path, target_path, split="train", **kwargs)
-    val = build_train_source(config.task, input_path, target_path, split="validation", **kwargs)
+    train = build_train_source(config.task, input_path, target_path, split="train", intensity=intensity, **kwargs)
+    val = build_train_source(config.task, input_path, target_path, split="validation",
+                             intensity=train.intensity, **kwargs)
     if input_path is None:
         log.info("training data: built-in synthetic phantoms (config.data.input_path is empty): %s", train)
     else:
@@ -231,7 +238,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         ckpt.close()
         return state
 
-    train_source, val_source = build_sources(config)
+    stored = checkpointing.read_meta(ckpt.directory / str(latest)).get(intensity_lib.META_KEY) \
+        if latest is not None else None
+    train_source, val_source = build_sources(config, intensity_lib.Intensity.from_dict(stored) if stored else None)
+    if train_source.intensity is None:
+        log.warning("the training data carries no intensity contract (a prepared dataset written before it "
+                    "existed): checkpoints will not store one and prediction falls back to per-image mapping; "
+                    "prepare the dataset again to fix this")
+    else:
+        meta[intensity_lib.META_KEY] = train_source.intensity.to_dict()
+        log.info("intensity contract: input %s, target %s", _describe(train_source.intensity.input),
+                 _describe(train_source.intensity.target))
+        if is_main:
+            (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(
+                {**config.to_dict(), intensity_lib.META_KEY: meta[intensity_lib.META_KEY]}), indent=2))
     train_step, validate = programs.train_step, None
     batch_sharding = parallel.batch_sharding(mesh)
     base_key = jax.device_put(train_key, parallel.replicated(mesh))
@@ -307,6 +327,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return state
 
 
+def _describe(params: Any) -> str:
+    return f"{params.mode} [{params.lo:g}, {params.hi:g}] -> [-1, 1] ({params.dtype})"
+
+
 def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
     """This process's rows of the global batches from start_step on, prepared ahead in a thread."""
     from emdiffuse_jax.data.pipeline import iterate_batches
@@ -315,12 +339,24 @@ def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
                            process_count=jax.process_count(), global_batch=config.batch_size, prefetch=2)
 
 
+def _weights(state: TrainState, which: str) -> Any:
+    return state.ema_params if which == "ema" else state.params
+
+
 def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.Array, step: int,
                     config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
+    """Scores config.eval.weights (these metrics rank the best checkpoint); with eval.compare_weights also
+    the other weights, on the same batch and key, returned as <other>_<metric>."""
     t0 = time.time()
-    metrics, mean, std = validate(state.ema_params, val_batch, jax.random.fold_in(eval_key, step))
+    key = jax.random.fold_in(eval_key, step)
+    primary = config.eval.weights
+    metrics, mean, std = validate(_weights(state, primary), val_batch, key)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    log.info("validation at step %d (EMA weights, %d sampler steps, %.1f s): %s", step,
+    if config.eval.compare_weights:
+        other = "online" if primary == "ema" else "ema"
+        extra, _, _ = validate(_weights(state, other), val_batch, key)
+        metrics.update({f"{other}_{k}": float(v) for k, v in jax.device_get(extra).items()})
+    log.info("validation at step %d (%s weights, %d sampler steps, %.1f s): %s", step, primary,
              config.eval.sample_steps, time.time() - t0, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if writer is not None:
         for name, value in metrics.items():

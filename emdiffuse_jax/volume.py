@@ -36,7 +36,8 @@ import jax
 import numpy as np
 
 from emdiffuse_jax import inference, uncertainty
-from emdiffuse_jax.data import io, normalize, ome_zarr
+from emdiffuse_jax.data import intensity as intensity_lib
+from emdiffuse_jax.data import io, ome_zarr
 
 FORMATS = ("tiff", "tiff-slices", "ome-zarr")   # "zarr" is accepted for "ome-zarr"
 _FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"), "ome-zarr": ("mean.zarr", "std.zarr")}
@@ -113,14 +114,17 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                 overlap: float | None = None,
                 harmonize: bool = False, fmt: str = "tiff", normalization: str = "auto",
                 threshold: float = uncertainty.DEFAULT_THRESHOLD, dataset: str | None = None,
-                settings: dict | None = None, voxel_size=None, log: Callable[[str], None] = print) -> dict:
+                intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
+                voxel_size=None, log: Callable[[str], None] = print) -> dict:
     """Reconstructs the isotropic volume of `input_path` into the folder `output`; returns the report.
 
     settings: extra JSON-able run settings (checkpoint, sampler...) stored with the progress; resuming with
-    different settings is refused. normalization: 'auto' ('uint8' for 8-bit input, else 'percentile'),
-    or a mode of `data.normalize`. voxel_size: the input's (z, y, x) in nm, overriding what its metadata
-    says (None: read it; axes still unknown are left out of the output's metadata). A Z far from the
-    voxel size's z / xy ratio is warned about (the output will not be isotropic).
+    different settings is refused. intensity: the checkpoint's contract (`intensity.from_meta`);
+    normalization: a mode of `intensity.prediction_mapping` ('auto' = the contract, or per volume when
+    there is none); generated slices are written in the input volume's dtype. voxel_size: the input's
+    (z, y, x) in nm, overriding what its metadata says (None: read it; axes still unknown are left out of
+    the output's metadata). A Z far from the voxel size's z / xy ratio is warned about (the output will not
+    be isotropic).
     """
     fmt = "ome-zarr" if fmt == "zarr" else fmt
     if fmt not in FORMATS:
@@ -139,12 +143,14 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     finals = [output / name for name in _FINAL_NAMES[fmt]] + [output / "report.json"]
     if any(p.exists() for p in finals):
         raise ValueError(f"{output} already holds a finished reconstruction; choose a new output folder")
-    mode = normalization if normalization != "auto" else ("uint8" if volume.dtype == np.uint8 else "percentile")
-    params = normalize.fit_normalization(volume, mode)
+    try:
+        mapping = intensity_lib.prediction_mapping(volume, intensity, normalization, name=str(input_path))
+    except ValueError as err:
+        raise io.DataError(f"{input_path}: {err}") from err
     run_settings = {"input": str(input_path.resolve()), "shape": [n, height, width], "z_factor": z_factor,
                     "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
                     "tiling": restorer.tiling,
-                    "harmonize": harmonize, "format": fmt, "normalization": params.to_dict(),
+                    "harmonize": harmonize, "format": fmt, intensity_lib.META_KEY: mapping.to_dict(),
                     **(settings or {})}
     if z_factor < 2:
         raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
@@ -178,14 +184,14 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         if str(i) in progress["done"]:
             continue
         t0 = time.perf_counter()
-        earlier, later = (normalize.apply_normalization(volume[j], params) for j in (i, i + 1))
+        earlier, later = (mapping.input_to_model(volume[j]) for j in (i, i + 1))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
                                          harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}")
         mean_store.write(i * z_factor, volume[i])
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):
-            mean_store.write(i * z_factor + c + 1, normalize.denormalize(np.clip(pred.mean[c], -1, 1), params))
+            mean_store.write(i * z_factor + c + 1, mapping.output_from_model(pred.mean[c], volume.dtype))
             std_store.write(i * z_factor + c + 1, std_unit[c])
         std_store.write(i * z_factor, zero)
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None

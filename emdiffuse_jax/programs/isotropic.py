@@ -30,6 +30,7 @@ _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr"
                             "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
                             "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
                             "0.4) with a multiscale pyramid.")
+_WEIGHTS = cli.define_weights_flag()
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
@@ -38,10 +39,11 @@ def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((3,))
     from emdiffuse_jax import checkpointing, restore, volume
+    from emdiffuse_jax.data import intensity
 
     try:
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value)
+        loaded = checkpointing.load_model(_CHECKPOINT.value, weights=_WEIGHTS.value)
         if not loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
@@ -54,8 +56,9 @@ def main(argv):
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
                            dataset=_DATASET.value, voxel_size=voxel_size,
+                           intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
                            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
-                                     "sampler": spec.to_dict(), "trained_z_factor": trained_z,
+                                     "weights": _WEIGHTS.value, "sampler": spec.to_dict(), "trained_z_factor": trained_z,
                                      "trained_z_factor_source": trained_z_source})
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")

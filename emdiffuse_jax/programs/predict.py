@@ -3,8 +3,9 @@
   emdiffuse predict --task=denoise --checkpoint=WORKDIR_OR_PTH --input=IMAGE_STACK_OR_FOLDER
       --output=DIR [--num_samples=2] [--sampler=ddpm|ddim|dpm] [--steps=N] [--seed=0]
 
-Writes, per image, the mean (input dtype and range), the std, the reliability map (for a TIFF stack: one
-multi-page TIFF each), with the input's pixel size, PNG previews and report.json (settings, per-image and per-tile uncertainty scores, flags, threshold, timings); see
+Writes, per image, the mean (in the training targets' units and dtype: the checkpoint's intensity contract),
+the std, the reliability map (for a TIFF stack: one multi-page TIFF each), with the input's pixel size, PNG
+previews and report.json (settings, per-image and per-tile uncertainty scores, flags, threshold, timings); see
 docs/prediction.md. Any image size: overlapping tiles are blended; images smaller than a tile are padded.
 (From a checkout: python launch/predict.py with the same flags.)
 """
@@ -21,6 +22,7 @@ _TASK = flags.DEFINE_enum("task", None, ["denoise", "superres"], "Restoration ta
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint step dir or reference .pth.")
 _INPUT = flags.DEFINE_string("input", None, "A 2D image (TIFF/PNG), a TIFF stack or a folder of images.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
+_WEIGHTS = cli.define_weights_flag()
 _SAVE_SAMPLES = flags.DEFINE_bool("save_samples", False, "Also write the K individual samples.")
 flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
 
@@ -29,10 +31,16 @@ def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((2, 3))
     from emdiffuse_jax import checkpointing, restore
+    from emdiffuse_jax.data import intensity
 
     try:
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
+        try:
+            loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, weights=_WEIGHTS.value)
+        except checkpointing.IncompatibleCheckpointError:
+            loaded = checkpointing.load_model(_CHECKPOINT.value)   # what it is instead, to say what to run
+            if not loaded.unet.vem:
+                raise
         if loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a volume ({loaded.task}) model: reconstruct volumes with "
                                  "`emdiffuse isotropic` (launch/isotropic.py) --checkpoint=... --input=STACK "
@@ -45,7 +53,8 @@ def main(argv):
             seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-            voxel_size=voxel_size, settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()})
+            intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value), voxel_size=voxel_size,
+            settings={"checkpoint": _CHECKPOINT.value, "weights": _WEIGHTS.value, "sampler": spec.to_dict()})
     except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
         sys.exit(f"error: {err}")
 
