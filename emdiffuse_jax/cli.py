@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
+import pathlib
 import re
 import runpy
 import sys
@@ -115,11 +117,30 @@ class SamplingFlags:
                     memory_limit_gb=self.memory_limit_gb.value)
 
 
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache, so a second run of the same command skips most of the
+    compilation (the EMDiffuse-n training step: about a minute on a 2-core CPU). Returns the cache folder.
+
+    Default folder: $XDG_CACHE_HOME/emdiffuse_jax/xla (~/.cache/emdiffuse_jax/xla). A set
+    JAX_COMPILATION_CACHE_DIR is left to JAX: it names another folder, or, set empty, turns the cache off.
+    Call before the first compilation.
+    """
+    import jax
+
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return os.environ["JAX_COMPILATION_CACHE_DIR"] or None
+    root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    folder = str(pathlib.Path(root) / "emdiffuse_jax" / "xla")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    return folder
+
+
 def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | None = None) -> None:
     """Runs the absl program `main`: ``--help`` shows `doc` and the program's own flags (those defined in
     emdiffuse_jax, e.g. the shared sampling flags, not only the script's); a bad flag, a mistyped config
     override or an ``app.UsageError`` ends in one line on stderr (exit code 2) instead of a traceback or
-    the whole docstring; libraries log from WARNING up."""
+    the whole docstring; libraries log from WARNING up; JAX's persistent compilation cache is on
+    (`enable_compilation_cache`)."""
     argv = list(sys.argv if argv is None else argv)
     sys.argv[0] = argv[0]                     # absl's --help names the program and its key flags by argv[0]
     sys.modules["__main__"].__doc__ = doc     # absl's --help prints __main__'s docstring
@@ -139,6 +160,7 @@ def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | Non
 
     def guarded_main(args):
         configure_logging()
+        enable_compilation_cache()
         try:
             return main(args)
         except app.UsageError as err:
