@@ -4,9 +4,9 @@ Times the full EMDiffuse-n network (15.68 M parameters, float32, random weights,
 batch --forward_batch and the training step at batch --train_batch (loss + backward + Adam + EMA update,
 dropout on) of both implementations, alternating call by call so that load on a shared machine hits both
 alike, and prints one table: medians, the ratio, peak memory (each implementation and section in a fresh
-subprocess), achieved GFLOP/s (103.8 GFLOP per 256 x 256 forward, scaled by pixel count; a training step
-counts as 3 forwards) against a float32 4096 x 4096 matrix product measured in the same run as the
-practical ceiling, then the time to result for one --image x --image image with K = --num_samples at the
+subprocess, counted from after setup and compilation, i.e. the memory of running), achieved GFLOP/s
+(103.8 GFLOP per 256 x 256 forward, scaled by pixel count; a training step counts as 3 forwards) against a
+float32 4096 x 4096 matrix product measured in the same run as the practical ceiling, then the time to result for one --image x --image image with K = --num_samples at the
 quality of the published 1000-step DDPM (per-evaluation time measured here x evaluation count), the CPU
 model and flags, load average and library versions. All figures also go to --json.
 
@@ -153,6 +153,10 @@ class Ours:
         t0 = time.perf_counter()
         compiled = programs.train_step.lower(state, data, key).compile()
         self.setup["train compile s"] = time.perf_counter() - t0
+        memory = compiled.memory_analysis()
+        if memory is not None:     # what XLA allocates for one step: state, batch and temporaries
+            self.setup["train XLA buffers GiB"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                                   - memory.alias_size_in_bytes + memory.temp_size_in_bytes) / 2 ** 30
         holder = [state]
 
         def step():
@@ -298,7 +302,8 @@ def _worker_peak_gib(impl: str, section: str) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     if done.returncode:
-        raise RuntimeError(f"memory worker {impl}:{section} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"memory worker {impl}:{section} failed (exit {done.returncode}; -9: killed, "
+                           f"e.g. out of memory):\n{done.stderr[-3000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -308,14 +313,32 @@ def _make_impl(which: str):
     return Published(pathlib.Path(_REFERENCE.value).expanduser().resolve())
 
 
+def _reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark of this process (Linux), so that compilation does not count."""
+    try:
+        pathlib.Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset_gib() -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2 ** 20           # kB
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def _worker() -> None:
+    """Prints the peak RSS of two calls, after setup and compilation (those excluded where Linux allows)."""
     which, section = _WORKER.value.split(":")
     impl = _make_impl(which)
     batch = _FORWARD_BATCH.value if section == "forward" else _TRAIN_BATCH.value
     run = getattr(impl, section)(batch, _SIZE.value)
+    reset = _reset_peak_rss()
     run()
     run()
-    print(_peak_rss_gib())
+    print(_peak_rss_since_reset_gib() if reset else _peak_rss_gib())
 
 
 def _tiles_published(side: int, tile: int = 256, overlap: float = 0.125) -> int:
@@ -423,7 +446,10 @@ def main(argv):
     if _MEMORY.value:          # fresh processes first, before this one holds both models' memory
         for section in _SECTIONS.value:
             for w, impl in zip(which, impls):
-                peaks[(impl.name, section)] = _worker_peak_gib(w, section)
+                try:
+                    peaks[(impl.name, section)] = _worker_peak_gib(w, section)
+                except RuntimeError as err:     # e.g. killed for memory on a shared machine: time anyway
+                    print(f"WARNING: no peak memory for {impl.name} {section}: {str(err)[-300:]}", flush=True)
     result["matmul_gflops"] = _matmul_ceiling(impls)
     for section in _SECTIONS.value:
         batch, repeats = ((_FORWARD_BATCH.value, _FORWARD_REPEATS.value) if section == "forward"
