@@ -43,13 +43,24 @@ class SamplingFlags:
             "batch_per_device", 4, "Rows (tiles x samples) per device per call (halves on out-of-memory).")
 
     def check(self, argv) -> None:
-        """Rejects stray arguments and K < 1 before anything is loaded."""
+        """Rejects stray arguments and out-of-range values before anything is loaded or written."""
         from absl import app
 
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if self.num_samples.value < 1:
-            raise app.UsageError(f"--num_samples must be >= 1, got {self.num_samples.value}")
+        tile, overlap = self.tile.value, self.overlap.value
+        problems = [
+            (self.num_samples.value < 1, f"--num_samples must be >= 1, got {self.num_samples.value}"),
+            (self.steps.value is not None and self.steps.value < 2, f"--steps must be >= 2, got {self.steps.value}"),
+            (not 0 <= self.eta.value <= 1, f"--eta must be in [0, 1], got {self.eta.value}"),
+            (tile < 8 or tile % 8, f"--tile must be a positive multiple of 8 pixels, got {tile}"),
+            (not 0 <= overlap < tile, f"--overlap must be in [0, --tile) pixels, got {overlap} (tile {tile})"),
+            (not self.threshold.value >= 0, f"--threshold must be >= 0, got {self.threshold.value}"),
+            (self.batch_per_device.value < 1, f"--batch_per_device must be >= 1, got {self.batch_per_device.value}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise app.UsageError(message)
 
     def sampler_spec(self):
         from emdiffuse_jax import inference

@@ -21,9 +21,8 @@ from typing import Callable
 
 import jax
 import numpy as np
-import tifffile
 
-from emdiffuse_jax import inference, models, uncertainty
+from emdiffuse_jax import inference, models, run_state, uncertainty
 from emdiffuse_jax.data import io, normalize
 
 
@@ -41,8 +40,7 @@ def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndar
     if path.is_dir():
         return [(p.stem, (lambda p=p: io.read_image(p))) for p in io.list_images(path)]
     if path.suffix.lower() in (".tif", ".tiff"):
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(s for s in tif.series[0].shape if s != 1)
+        shape = io.tiff_shape(path)
         if len(shape) == 3 and shape[-1] not in (3, 4):
             stack = io.read_volume(path, lazy=True)
             return [(f"{path.stem}_z{z:04d}", (lambda z=z: stack[z])) for z in range(shape[0])]
@@ -70,13 +68,75 @@ def write_png(path: pathlib.Path, image8: np.ndarray) -> None:
     _write_atomic(path, lambda p: Image.fromarray(image8).save(p, format="PNG"))
 
 
-def _check_output(input_path: pathlib.Path, output: pathlib.Path) -> None:
-    inp, out = input_path.resolve(), output.resolve()
-    if inp == out or out in inp.parents or (inp.is_dir() and inp in out.parents):
-        raise ValueError(f"output folder {output} overlaps the input {input_path}; choose a separate folder so "
-                         "the input can never be overwritten")
-    if (output / "report.json").exists():
-        raise ValueError(f"{output} already holds a finished prediction (report.json); choose a new folder")
+PROGRESS = ".progress.json"
+
+
+def progress_file(output: str | os.PathLike) -> pathlib.Path:
+    """Where an unfinished prediction into `output` keeps its settings and finished images."""
+    return pathlib.Path(output) / PROGRESS
+
+
+def _check_unique_names(items, input_path: pathlib.Path) -> None:
+    """Two inputs with one name (a.tif and a.png) would write the same output files."""
+    seen: dict = {}
+    for name, _ in items:
+        if name in seen:
+            raise io.DataError(f"{input_path}: two images are both named '{name}' (e.g. {name}.tif and {name}.png); "
+                               "their outputs would overwrite each other - rename one or move it to another folder")
+        seen[name] = True
+
+
+def _output_names(name: str) -> set[str]:
+    return {f"{name}_{kind}" for kind in ("mean.tif", "std.tif", "reliability.tif", "samples.tif", "input.png",
+                                          "mean.png", "std.png", "reliability.png")}
+
+
+def _open_output(output: pathlib.Path, names: list[str], run_settings: dict, log) -> tuple[dict | None, dict]:
+    """The output folder contract: a new or empty folder, this run's unfinished folder (resumed: returns the
+    finished images' report entries), or this run's finished folder (returns its report). Anything else,
+    a user's file above all, is refused before anything is written."""
+    report_path, progress_path = output / "report.json", output / PROGRESS
+    if report_path.exists():
+        report = run_state.read_json(report_path, "report", f"delete {output} and run again")
+        diff = run_state.settings_difference(report.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{output} already holds a finished prediction with other settings ({diff}); "
+                               "choose a new output folder")
+        log(f"{output} already holds this finished prediction; nothing to do")
+        return report, {}
+    done: dict = {}
+    if progress_path.exists():
+        progress = run_state.read_json(progress_path, "progress file", f"delete {progress_path} to start over")
+        diff = run_state.settings_difference(progress.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{output} holds an unfinished prediction with other settings ({diff}); rerun "
+                               "with the same settings and inputs to resume, or choose a new output folder")
+        done = progress.get("done", {})
+        log(f"resuming: {len(done)} of {len(names)} images already done")
+    elif output.exists() and any(output.iterdir()):
+        found = sorted(p.name for p in output.iterdir())
+        raise io.DataError(f"{output} is not empty (holds {', '.join(found[:3])}"
+                           f"{', ...' if len(found) > 3 else ''}); predict.py writes only into a new or empty "
+                           "folder, so no file of yours is overwritten - choose a new output folder")
+    ours = set().union(*(_output_names(n) for n in names)) | {PROGRESS}
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")) \
+        if output.exists() else []
+    if foreign:
+        raise io.DataError(f"{output} holds files this run does not write ({', '.join(foreign[:3])}); move them "
+                           "or choose a new output folder")
+    return None, done
+
+
+def _load_checked(name: str, load: Callable[[], np.ndarray], input_path: pathlib.Path, normalization: str):
+    """One input image and its intensity mapping, or a DataError naming it."""
+    raw = load()
+    if raw.ndim != 2:
+        raise io.DataError(f"{input_path} ({name}): expected a 2D image, got shape {raw.shape}")
+    mode = normalization if normalization != "auto" else ("uint8" if raw.dtype == np.uint8 else "percentile")
+    try:
+        return raw, normalize.fit_normalization(raw, mode)
+    except ValueError as err:
+        raise io.DataError(f"{input_path} ({name}): {err}") from err
 
 
 def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike, *,
@@ -89,25 +149,33 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         raise ValueError(f"task must be 'denoise' or 'superres', got {task!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
-    input_path, output = pathlib.Path(input_path), pathlib.Path(output)
+    input_path = pathlib.Path(input_path)
+    output = io.check_output_folder(output, [input_path])
     items = list_inputs(input_path)
-    _check_output(input_path, output)
+    _check_unique_names(items, input_path)
+    key = jax.random.key(seed)
+    run_settings = {"task": task, "input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
+                    "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
+                    "harmonize": harmonize, "threshold": threshold, "reliability_window": window,
+                    "normalization": normalization, "save_samples": keep_samples, **(settings or {})}
+    finished, done = _open_output(output, [name for name, _ in items], run_settings, log)
+    if finished is not None:
+        return finished
+    for name, load in items:   # every input readable and usable before anything is written
+        if name not in done:
+            _load_checked(name, load, input_path, normalization)
     output.mkdir(parents=True, exist_ok=True)
+    progress = {"settings": run_settings, "done": done}
+    run_state.write_json(output / PROGRESS, progress)
     if num_samples < 2:
         log("K=1: no uncertainty can be estimated (std, score and reliability need K >= 2)")
-    key = jax.random.key(seed)
-    run_settings = {"task": task, "input": str(input_path), "num_samples": num_samples, "seed": seed,
-                    "tile": tile, "overlap": overlap, "harmonize": harmonize, "threshold": threshold,
-                    "reliability_window": window, "normalization": normalization, **(settings or {})}
     images, start = [], time.perf_counter()
     for index, (name, load) in enumerate(items):
+        if name in done:
+            images.append(done[name])
+            continue
         t0 = time.perf_counter()
-        raw = load()
-        mode = normalization if normalization != "auto" else ("uint8" if raw.dtype == np.uint8 else "percentile")
-        try:
-            params = normalize.fit_normalization(raw, mode)
-        except ValueError as err:
-            raise io.DataError(f"{input_path} ({name}): {err}") from err
+        raw, params = _load_checked(name, load, input_path, normalization)
         pred = inference.predict_image(restorer, normalize.apply_normalization(raw, params),
                                        jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
                                        overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
@@ -136,6 +204,8 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         entry["seconds"] = time.perf_counter() - t0
         entry["sampling_seconds"] = pred.seconds
         images.append(entry)
+        done[name] = entry
+        run_state.write_json(output / PROGRESS, progress)
         flag = "" if entry["score"] is None else \
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
         log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
@@ -145,6 +215,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
                                   "flagged unreliable when score > threshold",
               "images": images, "total_seconds": time.perf_counter() - start}
     _write_atomic(output / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    (output / PROGRESS).unlink()
     return report
 
 
@@ -161,7 +232,11 @@ def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.Pat
     report_path = predictions / "report.json"
     if not report_path.exists():
         raise io.DataError(f"{predictions}: no report.json; pass the output folder of a finished launch/predict.py")
-    entries = {e["name"]: e for e in json.loads(report_path.read_text())["images"]}
+    report = run_state.read_json(report_path, "report", "run launch/predict.py again into a new folder")
+    if not isinstance(report.get("images"), list):
+        raise io.DataError(f"{report_path}: not a launch/predict.py report (no 'images' list); pass the output "
+                           "folder of a finished launch/predict.py")
+    entries = {e["name"]: e for e in report["images"]}
     targets = dict(list_inputs(target))
     missing = sorted(set(entries) - set(targets))
     if missing:

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
+from emdiffuse_jax.data import io
 from emdiffuse_jax.diffusion import schedules
 from emdiffuse_jax.optim import make_optimizer
 from emdiffuse_jax.train_config import TASKS, VEM_TASKS
@@ -58,8 +59,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"(the UNet halves the image {len(config.model.channel_mults) - 1} times)")
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
-    if config.num_steps < 1 or config.log_every < 1:
-        raise ValueError("num_steps and log_every must be >= 1")
+    positive = {"batch_size": config.batch_size, "num_steps": config.num_steps, "log_every": config.log_every,
+                "data.patch_size": config.data.patch_size, "data.val_batch_size": config.data.val_batch_size,
+                "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep,
+                "eval.sample_steps": config.eval.sample_steps, "eval.num_samples": config.eval.num_samples,
+                "optim.learning_rate": config.optim.learning_rate}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"config.{name} must be > 0, got {value}")
+    at_least_zero = {"eval.every_steps": config.eval.every_steps, "checkpoint.keep_best": config.checkpoint.keep_best,
+                     "optim.warmup_steps": config.optim.warmup_steps, "optim.grad_clip_norm": config.optim.grad_clip_norm,
+                     "eval.num_images": config.eval.num_images}
+    for name, value in at_least_zero.items():
+        if not value >= 0:
+            raise ValueError(f"config.{name} must be >= 0, got {value}")
+    if not 0 <= config.ema_decay < 1:
+        raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+    if not 0 <= config.data.val_fraction < 1:
+        raise ValueError(f"config.data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
 
 
 def build_sources(config: ml_collections.ConfigDict):
@@ -171,11 +188,13 @@ def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: in
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) ``config`` in ``workdir`` up to config.num_steps; returns the final state."""
     check_config(config)
-    workdir = Path(workdir)
+    workdir = io.check_output_folder(workdir)
+    if config.init_from and not Path(config.init_from).exists():
+        raise FileNotFoundError(f"config.init_from {config.init_from} does not exist; pass a trained workdir, a "
+                                "checkpoint step folder or a reference .pth")
+    train_source, val_source = build_sources(config)   # bad data fails here, before the workdir is touched
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(config.to_dict()), indent=2))
 
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size, jax.process_count())
@@ -193,9 +212,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         keep_best=config.checkpoint.keep_best if config.eval.every_steps else 0,
         best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode)
     ckpt.check_compatible(identity)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, parallel.with_sharding(abstract, shardings))
+    restored = ckpt.restore_newest_complete(parallel.with_sharding(abstract, shardings))
+    if is_main:  # only once the workdir is known to fit this configuration
+        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(config.to_dict()), indent=2))
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        state = restored[1]
         log.info("resuming from %s at step %d", ckpt.directory / str(latest), latest)
     elif config.init_from:
         loaded = checkpointing.load_model(config.init_from, task=config.task, unet=unet)
@@ -215,7 +237,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         ckpt.close()
         return state
 
-    train_source, val_source = build_sources(config)
     train_step, validate = programs.train_step, None
     batch_sharding = parallel.batch_sharding(mesh)
     base_key = jax.device_put(train_key, parallel.replicated(mesh))

@@ -6,18 +6,23 @@ two input slices of the current slab are in memory.
 
 On disk (in the output folder):
   .partial/           work in progress: mean and std as Zarr arrays or TIFF slice folders, and
-                      progress.json (settings + finished slabs, replaced atomically after every slab)
+                      progress.json (settings, input identity: file sizes and times and a digest of every
+                      slice, checkpoint step, finished slabs; replaced atomically after every slab)
   mean.zarr | mean/   the isotropic volume in the input's dtype and intensity range
   std.zarr  | std/    the per-voxel std of the K samples in [0, 1] units (float32; 0 on input slices)
   report.json         settings, per-slab uncertainty scores, timings
-The final names appear only when every slab is done (the .partial folder is renamed at the end), so an
-interrupted run never leaves a complete-looking volume. Rerunning the same command resumes: slabs listed
-in progress.json are not recomputed. Every slab's keys derive from (seed, slab), so a resumed volume is
-identical to an uninterrupted one.
+The final names appear only when every slab is done (mean and std are moved out of .partial at the end),
+so an interrupted run never leaves a complete-looking volume. Rerunning the same command resumes: slabs
+listed in progress.json are not recomputed; a run killed while finalising (the report is then already in
+progress.json) only completes the moves. A resume whose settings, input (file sizes and times, or the
+content of any slice) or checkpoint step differ is refused with what differs. Every slab's keys
+derive from (seed, slab), so a resumed volume is identical to an uninterrupted one. The output folder may
+hold nothing but these names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -28,7 +33,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from emdiffuse_jax import inference, uncertainty
+from emdiffuse_jax import inference, run_state, uncertainty
 from emdiffuse_jax.data import io, normalize
 
 FORMATS = ("zarr", "tiff")
@@ -37,12 +42,6 @@ FORMATS = ("zarr", "tiff")
 def isotropic_depth(num_slices: int, z_factor: int) -> int:
     """Number of output slices: (N - 1) * Z + 1."""
     return (num_slices - 1) * z_factor + 1
-
-
-def _atomic_json(path: pathlib.Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class _SliceStore:
@@ -75,11 +74,16 @@ class _SliceStore:
         return self.path.name
 
 
-def _check_paths(input_path: pathlib.Path, output: pathlib.Path) -> None:
-    inp, out = input_path.resolve(), output.resolve()
-    if inp == out or out in inp.parents or (inp.is_dir() and inp in out.parents):
-        raise ValueError(f"output folder {output} overlaps the input {input_path}; choose a separate folder so "
-                         "the input can never be overwritten")
+PROGRESS = "progress.json"
+
+
+def progress_file(output: str | os.PathLike) -> pathlib.Path:
+    """Where an unfinished reconstruction into `output` keeps its settings and finished slabs."""
+    return pathlib.Path(output) / ".partial" / PROGRESS
+
+
+def _slice_digest(plane: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(plane).tobytes()).hexdigest()[:16]
 
 
 def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike,
@@ -89,41 +93,98 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                 settings: dict | None = None, log: Callable[[str], None] = print) -> dict:
     """Reconstructs the isotropic volume of `input_path` into the folder `output`; returns the report.
 
-    settings: extra JSON-able run settings (checkpoint, sampler...) stored with the progress; resuming with
-    different settings is refused. normalization: 'auto' ('uint8' for 8-bit input, else 'percentile'),
-    or a mode of `data.normalize`.
+    settings: extra JSON-able run settings (checkpoint, its step, sampler...) stored with the progress.
+    What identifies the run (every setting, the input's files by size and modification time, and the
+    digest of every input slice read) is recorded at the start; a resume that differs in any of them is
+    refused with what differs, so slabs of two runs never mix. A rerun of a finished run returns its report.
+    normalization: 'auto' ('uint8' for 8-bit input, else 'percentile'), or a mode of `data.normalize`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
-    input_path, output = pathlib.Path(input_path), pathlib.Path(output)
+    input_path = pathlib.Path(input_path)
+    output = io.check_output_folder(output, [input_path])
     volume = io.read_volume(input_path, lazy=True, dataset=dataset)
-    _check_paths(input_path, output)
     n, height, width = volume.shape
     depth = isotropic_depth(n, z_factor)
     suffix = ".zarr" if fmt == "zarr" else ""
-    finals = [output / f"{name}{suffix}" for name in ("mean", "std")] + [output / "report.json"]
-    if any(p.exists() for p in finals):
-        raise ValueError(f"{output} already holds a finished reconstruction; choose a new output folder")
+    names = [f"mean{suffix}", f"std{suffix}"]
+    progress_path = progress_file(output)
+    partial = progress_path.parent
+    if output.is_dir():
+        foreign = sorted(p.name for p in output.iterdir() if p.name not in (*names, "report.json", ".partial"))
+        if foreign:
+            raise io.DataError(f"{output} holds files this run does not write ({', '.join(foreign[:3])}); "
+                               "isotropic.py writes only into a new or empty folder - choose a new output folder")
+    # One pass over the input before anything is written: every slice is readable, and what was read is
+    # recorded (a digest per slice), so a resume can prove it continues on the very same data.
+    digests = [_slice_digest(volume[z]) for z in range(n)]
     mode = normalization if normalization != "auto" else ("uint8" if volume.dtype == np.uint8 else "percentile")
     params = normalize.fit_normalization(volume, mode)
-    run_settings = {"input": str(input_path.resolve()), "shape": [n, height, width], "z_factor": z_factor,
-                    "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
-                    "harmonize": harmonize, "format": fmt, "normalization": params.to_dict(),
-                    **(settings or {})}
-    partial = output / ".partial"
-    progress_path = partial / "progress.json"
+    run_settings = json.loads(json.dumps(
+        {"input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
+         "input_digest": hashlib.sha256("".join(digests).encode()).hexdigest()[:16],
+         "shape": [n, height, width], "z_factor": z_factor, "num_samples": num_samples, "seed": seed,
+         "tile": tile, "overlap": overlap, "harmonize": harmonize, "format": fmt,
+         "normalization": params.to_dict(), **(settings or {})}))
+    if (output / "report.json").exists():
+        report = run_state.read_json(output / "report.json", "report", f"delete {output} and run again")
+        diff = run_state.settings_difference(report.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{output} already holds a finished reconstruction with other settings ({diff}); "
+                               "choose a new output folder")
+        shutil.rmtree(partial, ignore_errors=True)   # left only by a kill after the report was written
+        log(f"{output} already holds this finished reconstruction; nothing to do")
+        return report
     if progress_path.exists():
-        progress = json.loads(progress_path.read_text())
-        if progress["settings"] != json.loads(json.dumps(run_settings)):
-            raise ValueError(f"{output} holds an unfinished run with different settings; rerun with the same "
-                             f"settings to resume, or choose a new output folder")
+        progress = run_state.read_json(progress_path, "progress file", f"delete {partial} to start over")
+        diff = run_state.settings_difference(progress.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{partial} holds an unfinished run with other settings ({diff}); rerun with the "
+                               f"same settings, input and checkpoint to resume, or delete {partial} to start over")
         log(f"resuming: {len(progress['done'])} of {n - 1} slabs already done")
+    elif any((output / name).exists() for name in names):
+        raise io.DataError(f"{output} already holds a volume ({' or '.join(names)}) but no report or progress of "
+                           "this run; choose a new output folder")
     else:
         partial.mkdir(parents=True, exist_ok=True)
         progress = {"settings": run_settings, "done": {}}
-        _atomic_json(progress_path, progress)
+        run_state.write_json(progress_path, progress)
+    if "report" not in progress:   # not yet finalising
+        report = _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, params,
+                                    num_samples=num_samples, seed=seed, tile=tile, overlap=overlap,
+                                    harmonize=harmonize, log=log)
+        report.update(settings=run_settings, threshold=threshold,
+                      unreliable_slabs=[i for i, s in enumerate(report["slab_scores"])
+                                        if s is not None and s > threshold])
+        progress["report"] = report
+        run_state.write_json(progress_path, progress)   # from here on a rerun only completes the renames below
+    for name in names:
+        if (partial / name).exists():
+            os.replace(partial / name, output / name)
+        elif not (output / name).exists():
+            raise io.DataError(f"{partial / name} is missing though {progress_path} says the run was finalising; "
+                               f"delete {output} and run again")
+    run_state.write_json(output / "report.json", progress["report"])
+    shutil.rmtree(partial)
+    return progress["report"]
+
+
+def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, params, *,
+                       num_samples, seed, tile, overlap, harmonize, log) -> dict:
+    """Computes every slab not yet listed in progress['done'] into partial/ (the volumes complete); returns
+    the report body. Every slice read must still have the digest of the first pass (`digests`)."""
+    n, height, width = volume.shape
+    depth = isotropic_depth(n, z_factor)
+    suffix = ".zarr" if fmt == "zarr" else ""
     mean_store = _SliceStore(partial / f"mean{suffix}", fmt, (depth, height, width), volume.dtype)
     std_store = _SliceStore(partial / f"std{suffix}", fmt, (depth, height, width), np.float32)
+    def read(z: int) -> np.ndarray:
+        plane = volume[z]
+        if _slice_digest(plane) != digests[z]:
+            raise io.DataError(f"{input_path}: slice {z} changed while this run was reading the volume; leave the "
+                               f"input alone while it runs, then rerun (or delete {partial} to start over)")
+        return plane
+
     base_key = jax.random.key(seed)
     zero = np.zeros((height, width), np.float32)
     start = time.perf_counter()
@@ -131,13 +192,14 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         if str(i) in progress["done"]:
             continue
         t0 = time.perf_counter()
-        earlier, later = (normalize.apply_normalization(volume[j], params) for j in (i, i + 1))
+        first, second = read(i), read(i + 1)
+        earlier, later = (normalize.apply_normalization(v, params) for v in (first, second))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
                                          harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}",
                                          progress=lambda done, total: log(f"  slab {i + 1}: {done}/{total} "
                                                                           "tile samples"))
-        mean_store.write(i * z_factor, volume[i])
+        mean_store.write(i * z_factor, first)
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):
             mean_store.write(i * z_factor + c + 1, normalize.denormalize(np.clip(pred.mean[c], -1, 1), params))
@@ -145,21 +207,13 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         std_store.write(i * z_factor, zero)
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None
         progress["done"][str(i)] = {"score": score, "seconds": time.perf_counter() - t0}
-        _atomic_json(progress_path, progress)
+        run_state.write_json(partial / PROGRESS, progress)
         log(f"slab {i + 1}/{n - 1} done in {time.perf_counter() - t0:.1f} s"
             + (f", uncertainty {score:.4f}" if score is not None else ""))
-    mean_store.write(depth - 1, volume[n - 1])
+    mean_store.write(depth - 1, read(n - 1))
     std_store.write(depth - 1, zero)
     scores = [progress["done"][str(i)]["score"] for i in range(n - 1)]
-    report = {"settings": run_settings, "input_shape": [n, height, width], "output_shape": [depth, height, width],
-              "threshold": threshold,
-              "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
-              "slab_scores": scores,
-              "unreliable_slabs": [i for i, s in enumerate(scores) if s is not None and s > threshold],
-              "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
-              "seconds_this_run": time.perf_counter() - start}
-    for p in finals[:2]:
-        os.replace(partial / p.name, p)
-    _atomic_json(output / "report.json", report)
-    shutil.rmtree(partial)
-    return report
+    return {"input_shape": [n, height, width], "output_shape": [depth, height, width],
+            "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
+            "slab_scores": scores, "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
+            "seconds_this_run": time.perf_counter() - start}

@@ -28,6 +28,8 @@ _DELTA = flags.DEFINE_float("delta", 0.1, "Allowed probability that the interval
 _BLOCK = flags.DEFINE_integer("block", 64, "Calibration unit: square blocks of this many pixels.")
 flags.mark_flags_as_required(["predictions", "target", "output"])
 
+OUTPUTS = ("calibration.json", "calibration.png")
+
 
 def _panel(draw, box, xs_list, ys_list, colors, xlim, ylim, vlines, hlines, title, xlabel):
     """One scatter/line panel drawn with PIL: box = (left, top, right, bottom) of the plot area."""
@@ -78,33 +80,49 @@ def plot(path, scores, errors, thr, rcps):
     tmp.replace(path)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from emdiffuse_jax import restore, uncertainty
+def check_flags() -> None:
+    """Every flag in range before anything is read (ValueError naming the flag)."""
+    if _BLOCK.value < 2:
+        raise ValueError(f"--block must be >= 2 pixels (the side of a calibration square), got {_BLOCK.value}")
+    for flag in (_ALPHA, _DELTA):
+        if not 0 < flag.value < 1:
+            raise ValueError(f"--{flag.name} must be in (0, 1), got {flag.value}")
+    if not _TOLERANCE.value > 0:
+        raise ValueError(f"--tolerance must be > 0 ([0, 1] intensity units), got {_TOLERANCE.value}")
 
-    try:  # bad input or an impossible calibration: message, no traceback
+
+def main(argv):
+    from emdiffuse_jax import restore, uncertainty
+    from emdiffuse_jax.data import io
+    from emdiffuse_jax.user_errors import clean_exit
+
+    with clean_exit():  # bad input, an impossible calibration or a failing disk: one line, no traceback
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        check_flags()
+        out = io.check_output_folder(_OUTPUT.value, [_PREDICTIONS.value, _TARGET.value])
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS) if out.is_dir() else []
+        if foreign:
+            raise io.DataError(f"{out} holds files calibrate.py does not write ({', '.join(foreign[:3])}); choose a "
+                               "new or empty output folder (a rerun replaces only calibration.json/.png)")
         mean, std, target = restore.load_calibration_blocks(_PREDICTIONS.value, _TARGET.value, _BLOCK.value)
         scores = std.reshape(len(std), -1).mean(axis=1)
         errors = np.abs(mean - target).reshape(len(mean), -1).mean(axis=1)
         rcps = uncertainty.rcps_calibrate(mean, std, target, alpha=_ALPHA.value, delta=_DELTA.value)
         thr = uncertainty.calibrate_threshold(scores, errors, _TOLERANCE.value)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    out = pathlib.Path(_OUTPUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"blocks": len(scores), "block": _BLOCK.value, "units": "[0, 1] intensity units",
-              "intervals": {"lambda": rcps.lam, "empirical_miss_rate": rcps.risk,
-                            "upper_bound": rcps.upper_bound, "alpha": rcps.alpha, "delta": rcps.delta,
-                            "n": rcps.n},
-              "threshold": {"threshold": thr.threshold, "tolerance": thr.tolerance,
-                            "true_positive_rate": thr.true_positive_rate,
-                            "false_positive_rate": thr.false_positive_rate, "auc": thr.auc,
-                            "num_bad": thr.num_bad, "num_good": thr.num_good}}
-    tmp = out / ".calibration.tmp.json"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "calibration.json")
-    plot(out / "calibration.png", scores, errors, thr, rcps)
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"blocks": len(scores), "block": _BLOCK.value, "units": "[0, 1] intensity units",
+                  "intervals": {"lambda": rcps.lam, "empirical_miss_rate": rcps.risk,
+                                "upper_bound": rcps.upper_bound, "alpha": rcps.alpha, "delta": rcps.delta,
+                                "n": rcps.n},
+                  "threshold": {"threshold": thr.threshold, "tolerance": thr.tolerance,
+                                "true_positive_rate": thr.true_positive_rate,
+                                "false_positive_rate": thr.false_positive_rate, "auc": thr.auc,
+                                "num_bad": thr.num_bad, "num_good": thr.num_good}}
+        tmp = out / ".calibration.tmp.json"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out / "calibration.json")
+        plot(out / "calibration.png", scores, errors, thr, rcps)
     print(json.dumps(result, indent=2))
 
 

@@ -21,15 +21,16 @@ _SAMPLER_STEPS = flags.DEFINE_integer("sampler_steps", 20, "Network evaluations 
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from emdiffuse_jax.cli import configure_logging
     from emdiffuse_jax.demo import run_demo
+    from emdiffuse_jax.user_errors import clean_exit
 
     configure_logging()
-
-    run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
-             sampler_steps=_SAMPLER_STEPS.value)
+    with clean_exit():  # bad settings or disk: one line naming the file and the fix, no traceback
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
+                 sampler_steps=_SAMPLER_STEPS.value)
 
 
 if __name__ == "__main__":

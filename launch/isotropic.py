@@ -29,12 +29,26 @@ flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
 
 def main(argv):
-    _SAMPLING.check(argv)
-    from emdiffuse_jax import checkpointing, restore, volume
+    from emdiffuse_jax import checkpointing, restore, run_state, volume
+    from emdiffuse_jax.data import io
+    from emdiffuse_jax.user_errors import clean_exit
 
-    try:
+    with clean_exit():  # bad flags, input, checkpoint or disk: one line naming the file and the fix
+        _SAMPLING.check(argv)
+        if _Z.value < 2:
+            raise app.UsageError(f"--z_factor must be >= 2 (Z - 1 slices are generated), got {_Z.value}")
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value)
+        io.check_output_folder(_OUTPUT.value, [_INPUT.value])
+        # A resumed run keeps the checkpoint step it started with, even if training saved newer ones since.
+        step = run_state.recorded_checkpoint_step(volume.progress_file(_OUTPUT.value))
+        try:
+            loaded = checkpointing.load_model(_CHECKPOINT.value, step=step)
+        except FileNotFoundError as err:
+            if step is None:
+                raise
+            raise io.DataError(f"{volume.progress_file(_OUTPUT.value)}: this unfinished run started with "
+                               f"checkpoint step {step}, which is gone ({err}); delete "
+                               f"{volume.progress_file(_OUTPUT.value).parent} to start over") from err
         if not loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use launch/predict.py, or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
@@ -42,16 +56,18 @@ def main(argv):
         if trained_z and int(trained_z) != _Z.value:
             raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
                                  f"it), got --z_factor={_Z.value}")
+        checkpoint = pathlib.Path(_CHECKPOINT.value)
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
         volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=_SAMPLING.num_samples.value,
                            seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
                            dataset=_DATASET.value,
-                           settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                           settings={"checkpoint": str(checkpoint.resolve()),
+                                     "checkpoint_step": loaded.meta.get("step"),
+                                     "checkpoint_identity": io.file_identity(checkpoint)
+                                     if checkpoint.is_file() else None,
                                      "sampler": spec.to_dict()})
-    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
-        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

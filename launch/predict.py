@@ -28,12 +28,17 @@ flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
 
 
 def main(argv):
-    _SAMPLING.check(argv)
-    from emdiffuse_jax import checkpointing, restore
+    from emdiffuse_jax import checkpointing, restore, run_state
+    from emdiffuse_jax.data import io
+    from emdiffuse_jax.user_errors import clean_exit
 
-    try:
+    with clean_exit():  # bad flags, input, checkpoint or disk: one line naming the file and the fix
+        _SAMPLING.check(argv)
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value)
+        io.check_output_folder(_OUTPUT.value, [_INPUT.value])
+        # A resumed run keeps the checkpoint step it started with, even if training saved newer ones since.
+        step = run_state.recorded_checkpoint_step(restore.progress_file(_OUTPUT.value))
+        loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, step=step)
         if loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a volume (vEM) model; use launch/isotropic.py")
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
@@ -42,9 +47,8 @@ def main(argv):
             seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-            settings={"checkpoint": _CHECKPOINT.value, "sampler": spec.to_dict()})
-    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
-        sys.exit(f"error: {err}")
+            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                      "checkpoint_step": loaded.meta.get("step"), "sampler": spec.to_dict()})
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ Without --input the built-in phantoms are used. Shows a progress bar and ends wi
 
 from absl import app, flags, logging
 
-from emdiffuse_jax.data import io
 from emdiffuse_jax.data.prepare import prepare_dataset
+from emdiffuse_jax.user_errors import clean_exit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", None, ["denoise", "superres", "vem_i", "vem_a"], "Restoration task.")
@@ -36,17 +36,16 @@ flags.mark_flags_as_required(["task", "output"])
 
 
 def main(argv):
-    del argv
     logging.set_verbosity(logging.WARNING)  # TFDS logs every file it writes; the summary says what matters
-    try:
+    with clean_exit():  # bad options, input or disk: one line naming the file and the fix, no traceback
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         summary = prepare_dataset(FLAGS.task, FLAGS.input or None, FLAGS.target, output=FLAGS.output,
                                   patch_size=FLAGS.patch_size, z_factor=FLAGS.z_factor, degrade=FLAGS.degrade,
                                   overlap=FLAGS.overlap, normalization=FLAGS.normalization,
                                   val_fraction=FLAGS.val_fraction, register=FLAGS.register,
                                   z_stride=FLAGS.z_stride, section_thickness=FLAGS.section_thickness,
                                   seed=FLAGS.seed)
-    except (io.DataError, ValueError) as exc:
-        raise app.UsageError(str(exc)) from None
     print(summary.text())
     print(f"train with: --input={summary.path}")
 
