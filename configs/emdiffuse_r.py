@@ -1,17 +1,3 @@
-"""EMDiffuse-r: 2D super-resolution x2 (reference EMDiffuse-r.json; the same network as EMDiffuse-n).
+"""The shipped config emdiffuse_jax/configs/emdiffuse_r.py (see its docstring), at the path the docs use."""
 
-The condition is the low-resolution patch upsampled bilinearly to the target size by the data pipeline.
-Unlike the reference (its JSON says task "denoise" and resumes from the denoising weights by default),
-the task is "superres" and nothing is loaded unless --config.init_from is given.
-Transfer learning: as in configs/emdiffuse_n.py, with --config.init_from=<trained superres workdir>.
-"""
-
-from emdiffuse_jax import train_config
-
-
-def get_config(arg: str | None = None):
-    config = train_config.base_config("superres")
-    config.data.patch_size = 256
-    if train_config.parse_variant(arg) == "tiny":
-        train_config.apply_tiny(config)
-    return config
+from emdiffuse_jax.configs.emdiffuse_r import get_config  # noqa: F401

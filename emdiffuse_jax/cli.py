@@ -1,12 +1,29 @@
-"""Console logging for the launch scripts: our progress lines at INFO, other libraries only from WARNING
-(Orbax and TFDS log every file they touch)."""
+"""What every command-line program shares: how it runs (one-line errors, --help with its main flags, quiet
+libraries), console logging, and the sampling flags of predict and isotropic.
 
+A program is an absl ``main(argv)`` in ``emdiffuse_jax.programs``; ``run`` starts it for ``launch/X.py``
+and for ``emdiffuse X`` alike.
+"""
+
+from __future__ import annotations
+
+import difflib
 import logging
+import re
+import runpy
+import sys
+from typing import Callable, Sequence
 
+from absl import app
+from absl import flags as absl_flags
 from absl import logging as absl_logging
+
+USAGE_EXIT_CODE = 2
 
 
 def configure_logging() -> logging.Logger:
+    """Our progress lines (logger "emdiffuse_jax") at INFO on stderr; absl, Orbax and TFDS only from
+    WARNING (they log every file they touch). Also what a notebook calls to see training progress."""
     absl_logging.set_verbosity(absl_logging.WARNING)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
@@ -33,14 +50,18 @@ class SamplingFlags:
         self.tile = flags.DEFINE_integer("tile", 256, "Tile size in pixels (network input; multiple of 8).")
         self.overlap = flags.DEFINE_integer("overlap", 32, "Tile overlap in pixels, blended smoothly.")
         self.harmonize = flags.DEFINE_bool(
-            "harmonize", False, "Match each tile's mean intensity to its input tile.")
+            "harmonize", False, "Match each sample's low frequencies (Gaussian, tile / 8 px) to what the input "
+            "implies (the input; for volumes the linear interpolation of the two slices).")
         self.threshold = flags.DEFINE_float(
-            "threshold", 0.12, f"Uncertainty score above which a {item} is flagged.")
+            "threshold", 0.12, f"Uncertainty score above which the {item} is flagged.")
         self.normalization = flags.DEFINE_enum(
             "normalization", "auto", ["auto", "uint8", "minmax", "percentile"],
             "Intensity mapping to [-1, 1]; auto = uint8 for 8-bit input, else percentile.")
         self.batch_per_device = flags.DEFINE_integer(
             "batch_per_device", 4, "Rows (tiles x samples) per device per call (halves on out-of-memory).")
+        self.voxel_size = flags.DEFINE_list(
+            "voxel_size", None, "Input voxel size in nm, Z,Y,X (or Y,X for 2D images); default: from the input's "
+            "metadata. Written to every output (isotropic: z / z_factor; superres: y, x halved).")
 
     def check(self, argv) -> None:
         """Rejects stray arguments and out-of-range values before anything is loaded or written."""
@@ -62,7 +83,104 @@ class SamplingFlags:
             if bad:
                 raise app.UsageError(message)
 
+    def voxel_size_nm(self, counts: tuple[int, ...]) -> tuple[float, ...] | None:
+        """--voxel_size as floats (None when not given); a usage error unless it has one of `counts` values."""
+        from absl import app
+
+        if self.voxel_size.value is None:
+            return None
+        try:
+            values = tuple(float(v) for v in self.voxel_size.value)
+        except ValueError:
+            values = ()
+        if len(values) not in counts or min(values) <= 0:
+            raise app.UsageError(f"--voxel_size={','.join(self.voxel_size.value)}: expected "
+                                 f"{' or '.join(str(c) for c in counts)} positive numbers in nm (Z,Y,X or Y,X)")
+        return values
+
     def sampler_spec(self):
         from emdiffuse_jax import inference
 
         return inference.SamplerSpec(self.sampler.value, self.steps.value, eta=self.eta.value)
+
+
+def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | None = None) -> None:
+    """Runs the absl program `main`: ``--help`` shows `doc` and the program's own flags (those defined in
+    emdiffuse_jax, e.g. the shared sampling flags, not only the script's); a bad flag, a mistyped config
+    override or an ``app.UsageError`` ends in one line on stderr (exit code 2) instead of a traceback or
+    the whole docstring; libraries log from WARNING up."""
+    argv = list(sys.argv if argv is None else argv)
+    sys.argv[0] = argv[0]                     # absl's --help names the program and its key flags by argv[0]
+    sys.modules["__main__"].__doc__ = doc     # absl's --help prints __main__'s docstring
+    _make_key_flags(argv[0])
+    if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):   # absl's own exits 1
+        app.usage(shorthelp=True, writeto_stdout=True)
+        sys.stdout.write("--helpfull lists every flag, the libraries' included.\n")
+        sys.exit(0)
+
+    def parse(args):
+        try:
+            return absl_flags.FLAGS(args)
+        except absl_flags.Error as err:
+            _usage_exit(_flag_error_line(str(err)))
+        except (AttributeError, KeyError, TypeError, ValueError) as err:   # a --config.x override
+            _usage_exit(_config_override_error_line(args, err))
+
+    def guarded_main(args):
+        configure_logging()
+        try:
+            return main(args)
+        except app.UsageError as err:
+            _usage_exit(str(err))
+
+    app.run(guarded_main, argv=argv, flags_parser=parse)
+
+
+def _usage_exit(message: str) -> None:
+    sys.stderr.write(f"error: {message} (--help lists the flags)\n")
+    sys.exit(USAGE_EXIT_CODE)
+
+
+def _make_key_flags(program: str) -> None:
+    """Every flag defined by this package or the config flag is shown by --help (absl shows only the flags
+    of the script itself, which for a thin launch/ script is none)."""
+    flag_values = absl_flags.FLAGS
+    for module, defined in flag_values.flags_by_module_dict().items():
+        if module.startswith("emdiffuse_jax") or "config_flags" in module:
+            for flag in defined:
+                flag_values.register_key_flag_for_module(program, flag)
+
+
+def _flag_error_line(message: str) -> str:
+    """absl's flag-parsing message on one line: missing required flags are listed together."""
+    missing = re.findall(r"Flag --(\w+) must have a value other than None", message)
+    if missing:
+        return "missing required flag" + ("s " if len(missing) > 1 else " ") + ", ".join(f"--{m}" for m in missing)
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _config_override_error_line(args: Sequence[str], err: Exception) -> str:
+    """Names the ``--config.a.b=`` override that does not exist, with the closest existing field."""
+    from emdiffuse_jax import configs
+
+    config_arg = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+    overrides = [a[2:].split("=", 1)[0] for a in args if a.startswith("--config.")]
+    if config_arg is None or not overrides:
+        return str(err).splitlines()[0]
+    path, _, variant = configs.resolve(config_arg).partition(":")
+    try:
+        config = runpy.run_path(path)["get_config"](*([variant] if variant else []))
+    except Exception as load_err:  # noqa: BLE001 - the config itself is broken: say so, in one line
+        return f"cannot load --config={config_arg}: {load_err}"
+    for override in overrides:
+        node, keys = config, override.split(".")[1:]
+        for depth, key in enumerate(keys):
+            children = list(node.keys()) if hasattr(node, "keys") else []
+            if key not in children:
+                field = "config." + ".".join(keys[:depth + 1])
+                close = difflib.get_close_matches(key, children, n=1)
+                hint = (f"; did you mean --{'.'.join(['config', *keys[:depth], close[0]])}?" if close
+                        else f"; fields here: {', '.join(sorted(children))}" if children else "")
+                return f"--{override}: the config has no field {field}{hint}"
+            node = node[key]
+    return f"bad config override: {' '.join(str(err).split())}"

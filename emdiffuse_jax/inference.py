@@ -27,6 +27,7 @@ import numpy as np
 from emdiffuse_jax import parallel
 from emdiffuse_jax.data import degrade, tiling
 from emdiffuse_jax.diffusion import samplers, schedules
+from emdiffuse_jax.harmonize import default_sigma, match_low_frequencies, slice_reference
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 20}
@@ -179,12 +180,15 @@ def _check_samples(num_samples: int) -> None:
         raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
 
 
-def _stitch(samples: np.ndarray, cond_tiles: np.ndarray, origins, shape, window, harmonize: bool,
+def _stitch(samples: np.ndarray, reference: np.ndarray, origins, shape, window, harmonize: bool,
             keep_samples: bool):
-    """samples (T, K, h, w) -> stitched mean, std (and samples) of an image of `shape`."""
-    if harmonize:  # per tile, shift all samples so their mean intensity matches the condition's
-        offset = cond_tiles.mean(axis=(1, 2, 3)) - samples.mean(axis=(1, 2, 3))
-        samples = samples + offset[:, None, None, None]
+    """samples (T, K, h, w) -> stitched mean, std (and samples) of an image of `shape`.
+
+    harmonize: each sample's low frequencies are matched to the reference tiles (T, h, w), what the
+    condition implies (see `harmonize.py`), before the mean and std are taken.
+    """
+    if harmonize:
+        samples = match_low_frequencies(samples, reference[:, None], default_sigma(samples.shape[-1]))
     k = samples.shape[1]
     mean_t = samples.mean(axis=1)
     var_t = samples.var(axis=1, ddof=1) if k > 1 else np.zeros_like(mean_t)
@@ -215,7 +219,8 @@ def predict_image(restorer: Restorer, image: np.ndarray, key: jax.Array, *, num_
     rows = restorer.sample(tiles[tile_ids], item_keys(key, tile_ids, sample_ids), progress=progress)
     samples = rows.reshape(t, k, tile, tile)
     window = tiling.blend_window((tile, tile), overlap)
-    mean, std, stitched = _stitch(samples, tiles, origins, cond_image.shape, window, harmonize, keep_samples)
+    mean, std, stitched = _stitch(samples, tiles[..., 0], origins, cond_image.shape, window, harmonize,
+                                  keep_samples)
     return Prediction(mean, std, stitched, t, time.perf_counter() - start)
 
 
@@ -243,7 +248,8 @@ def predict_between(restorer: Restorer, earlier: np.ndarray, later: np.ndarray, 
     window = tiling.blend_window((tile, tile), overlap)
     means, stds, kept = [], [], []
     for j in range(c):
-        m, s, st = _stitch(samples[:, j], tiles, origins, earlier.shape, window, harmonize, keep_samples)
+        reference = slice_reference(tiles[..., 1], tiles[..., 0], j, z_factor)   # channels [later, earlier]
+        m, s, st = _stitch(samples[:, j], reference, origins, earlier.shape, window, harmonize, keep_samples)
         means.append(m), stds.append(s), kept.append(st)
     stitched = np.stack(kept, axis=1) if keep_samples else None  # (K, z-1, H, W)
     return Prediction(np.stack(means), np.stack(stds), stitched, t, time.perf_counter() - start)

@@ -9,6 +9,12 @@ For each input image `<name>` the output folder receives
                           the threshold)
 and report.json lists settings, per-image and per-tile scores, flags, threshold and timings. Every file is
 written under a hidden temporary name and renamed when complete; report.json is written last.
+
+A TIFF stack in gives stacks out: `<stack>_mean.tif`, `<stack>_std.tif` and `<stack>_reliability.tif`
+are multi-page ImageJ TIFFs (one page per input slice; per-slice files wait in a hidden folder until the
+last slice is done), while previews, samples and the report stay per slice (`<stack>_z0000`, ...).
+Every TIFF carries the input's pixel size (voxel size for stacks; halved in x and y for super-resolution),
+read from its metadata or given as `voxel_size`.
 """
 
 from __future__ import annotations
@@ -24,12 +30,28 @@ import numpy as np
 
 from emdiffuse_jax import inference, models, run_state, uncertainty
 from emdiffuse_jax.data import io, normalize
+from emdiffuse_jax.diffusion import objectives
 
 
 def make_restorer(loaded, spec: inference.SamplerSpec, batch_per_device: int = 4) -> inference.Restorer:
-    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec."""
-    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, inference.make_sample_fn(spec),
+    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec.
+
+    A regression-baseline checkpoint ignores the sampler: its one deterministic prediction per tile runs
+    through the same tiling and stitching as the diffusion samples (use K = 1 with it).
+    """
+    regression = objectives.objective_of(loaded.meta) == "regression"
+    sample_fn = objectives.regression_sample if regression else inference.make_sample_fn(spec)
+    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, sample_fn,
                               batch_per_device=batch_per_device)
+
+
+def samples_for(loaded, requested: int, log: Callable[[str], None] = print) -> int:
+    """K for a model: as requested, but 1 for a regression baseline (its prediction is deterministic, so more
+    samples would be identical copies with a zero std, and a zero score is no self-assessment)."""
+    if objectives.objective_of(loaded.meta) == "regression" and requested > 1:
+        log(f"regression model: one deterministic prediction (K = 1, no uncertainty) instead of K = {requested}")
+        return 1
+    return requested
 
 
 def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndarray]]]:
@@ -45,6 +67,32 @@ def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndar
             stack = io.read_volume(path, lazy=True)
             return [(f"{path.stem}_z{z:04d}", (lambda z=z: stack[z])) for z in range(shape[0])]
     return [(path.stem, lambda: io.read_image(path))]
+
+
+def _stack_depth(path: pathlib.Path) -> int | None:
+    """Slices of a TIFF stack input (None for an image or a folder)."""
+    if path.is_dir() or path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    shape = io.tiff_shape(path)
+    return shape[0] if len(shape) == 3 and shape[-1] not in (3, 4) else None
+
+
+def _input_voxel_sizes(path: pathlib.Path, names: list[str]) -> dict:
+    """name -> the (z, y, x) or (y, x) size in nm its file records (None: unknown)."""
+    if path.is_dir():
+        files = {p.stem: p for p in io.list_images(path)}
+        return {name: io.read_voxel_size(files[name]) for name in names}
+    size = io.read_voxel_size(path)
+    return {name: size for name in names}
+
+
+def _output_voxel_size(in_size, task: str):
+    """Super-resolution halves the pixel size in x and y; z (of a stack) and denoising keep it."""
+    if in_size is None:
+        return None
+    factor = 2 if task == "superres" else 1
+    *z, y, x = in_size
+    return tuple(z) + tuple(None if v is None else v / factor for v in (y, x))
 
 
 def _write_atomic(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
@@ -91,7 +139,8 @@ def _output_names(name: str) -> set[str]:
                                           "mean.png", "std.png", "reliability.png")}
 
 
-def _open_output(output: pathlib.Path, names: list[str], run_settings: dict, log) -> tuple[dict | None, dict]:
+def _open_output(output: pathlib.Path, names: list[str], run_settings: dict, log,
+                 stack: str | None = None) -> tuple[dict | None, dict]:
     """The output folder contract: a new or empty folder, this run's unfinished folder (resumed: returns the
     finished images' report entries), or this run's finished folder (returns its report). Anything else,
     a user's file above all, is refused before anything is written."""
@@ -119,6 +168,8 @@ def _open_output(output: pathlib.Path, names: list[str], run_settings: dict, log
                            f"{', ...' if len(found) > 3 else ''}); predict.py writes only into a new or empty "
                            "folder, so no file of yours is overwritten - choose a new output folder")
     ours = set().union(*(_output_names(n) for n in names)) | {PROGRESS}
+    if stack is not None:   # a stack's mean, std and reliability are one multi-page file each
+        ours |= {f"{stack}_{kind}.tif" for kind in ("mean", "std", "reliability")}
     foreign = sorted(p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")) \
         if output.exists() else []
     if foreign:
@@ -143,8 +194,11 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
                   task: str, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
                   harmonize: bool = False, keep_samples: bool = False, normalization: str = "auto",
                   threshold: float = uncertainty.DEFAULT_THRESHOLD, window: int = 64,
-                  settings: dict | None = None, log: Callable[[str], None] = print) -> dict:
-    """Restores every image of `input_path` into the folder `output`; returns (and writes) the report."""
+                  settings: dict | None = None, voxel_size=None, log: Callable[[str], None] = print) -> dict:
+    """Restores every image of `input_path` into the folder `output`; returns (and writes) the report.
+
+    voxel_size: the input's pixel size (y, x), or (z, y, x) for a stack, in nm, overriding its metadata.
+    """
     if task not in ("denoise", "superres"):
         raise ValueError(f"task must be 'denoise' or 'superres', got {task!r}")
     if num_samples < 1:
@@ -153,20 +207,27 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     output = io.check_output_folder(output, [input_path])
     items = list_inputs(input_path)
     _check_unique_names(items, input_path)
+    for name, load in items:   # every input readable and usable before anything is written
+        _load_checked(name, load, input_path, normalization)
+    depth = _stack_depth(input_path)
+    sizes = _input_voxel_sizes(input_path, [name for name, _ in items])
+    if voxel_size is not None:
+        sizes = {name: tuple(voxel_size) for name in sizes}
     key = jax.random.key(seed)
     run_settings = {"task": task, "input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
                     "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
                     "harmonize": harmonize, "threshold": threshold, "reliability_window": window,
-                    "normalization": normalization, "save_samples": keep_samples, **(settings or {})}
-    finished, done = _open_output(output, [name for name, _ in items], run_settings, log)
+                    "normalization": normalization, "save_samples": keep_samples,
+                    "voxel_size": None if voxel_size is None else list(voxel_size), **(settings or {})}
+    names = [name for name, _ in items]
+    finished, done = _open_output(output, names, run_settings, log,
+                                  stack=input_path.stem if depth is not None else None)
     if finished is not None:
         return finished
-    for name, load in items:   # every input readable and usable before anything is written
-        if name not in done:
-            _load_checked(name, load, input_path, normalization)
     output.mkdir(parents=True, exist_ok=True)
     progress = {"settings": run_settings, "done": done}
     run_state.write_json(output / PROGRESS, progress)
+    stack_parts = output / f".{input_path.stem}_slices"   # per-slice outputs of a stack until it is complete
     if num_samples < 2:
         log("K=1: no uncertainty can be estimated (std, score and reliability need K >= 2)")
     images, start = [], time.perf_counter()
@@ -184,8 +245,14 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         mean = normalize.denormalize(np.clip(pred.mean, -1, 1), params)
         std = (pred.std / 2.0).astype(np.float32)
         files = {f"{name}_mean.tif": mean, f"{name}_std.tif": std}
+        in_size = sizes[name]
+        out_size = _output_voxel_size(in_size, task)
         entry = {"name": name, "input_shape": list(raw.shape), "output_shape": list(mean.shape),
-                 "dtype": str(raw.dtype), "normalization": params.to_dict(), "tiles": pred.num_tiles}
+                 "dtype": str(raw.dtype), "normalization": params.to_dict(), "tiles": pred.num_tiles,
+                 "voxel_size_nm": {"input": None if in_size is None else list(in_size),
+                                   "output": None if out_size is None else list(out_size)}}
+        if depth is not None:
+            entry.update(stack=input_path.stem, z=index)
         if num_samples > 1:
             assessment = uncertainty.assess(std, threshold, tile=tile, window=window)
             files[f"{name}_reliability.tif"] = assessment.local_score.astype(np.float32)
@@ -194,8 +261,13 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
             entry.update(score=None, reliable=None, threshold=threshold, tile_scores=None)
         if keep_samples:
             files[f"{name}_samples.tif"] = normalize.denormalize(np.clip(pred.samples, -1, 1), params)
+        pixel = None if out_size is None else out_size[-2:]
         for fname, array in files.items():
-            _write_atomic(output / fname, lambda p, a=array: io.write_tiff(p, a, axes="ZYX"[-a.ndim:]))
+            in_stack = depth is not None and not fname.endswith("_samples.tif")
+            folder = stack_parts if in_stack else output
+            folder.mkdir(exist_ok=True)
+            _write_atomic(folder / fname, lambda p, a=array: io.write_tiff(
+                p, a, axes="ZYX"[-a.ndim:], voxel_size=None if pixel is None else (None,) * (a.ndim - 2) + pixel))
         write_png(output / f"{name}_input.png", to_preview(raw))
         write_png(output / f"{name}_mean.png", to_preview(mean))
         write_png(output / f"{name}_std.png", to_preview(std, 0.0, max(2 * threshold, float(std.max()))))
@@ -210,6 +282,8 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
         log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
             f"{entry['seconds']:.1f} s{flag}")
+    if depth is not None:
+        _assemble_stacks(stack_parts, output, input_path.stem, [name for name, _ in items], out_size)
     report = {"settings": run_settings,
               "score_definition": "mean over pixels of the per-pixel std of the K samples, intensities in [0, 1]; "
                                   "flagged unreliable when score > threshold",
@@ -218,6 +292,27 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     (output / PROGRESS).unlink()
     return report
 
+
+def _assemble_stacks(parts: pathlib.Path, output: pathlib.Path, stem: str, names: list[str], voxel_size) -> None:
+    """Per-slice outputs of a stack -> one multi-page TIFF per output kind, then the parts are removed."""
+    for kind in ("mean", "std", "reliability"):
+        files = [parts / f"{name}_{kind}.tif" for name in names]
+        if not files[0].exists():
+            continue   # K = 1: no reliability map
+        first = io.read_image(files[0])
+        _write_atomic(output / f"{stem}_{kind}.tif", lambda p, files=files, first=first: io.write_tiff_stack(
+            p, (io.read_image(f) for f in files), (len(files),) + first.shape, first.dtype,
+            voxel_size=voxel_size if voxel_size is None or len(voxel_size) == 3 else (None,) + tuple(voxel_size)))
+    for f in parts.iterdir():
+        f.unlink()
+    parts.rmdir()
+
+
+def _read_output(predictions: pathlib.Path, entry: dict, kind: str) -> np.ndarray:
+    """One image's `kind` output: its own file, or its page of the stack's file."""
+    if "stack" in entry:
+        return io.read_volume(predictions / f"{entry['stack']}_{kind}.tif", lazy=True)[entry["z"]]
+    return io.read_image(predictions / f"{entry['name']}_{kind}.tif")
 
 
 def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.PathLike, block: int):
@@ -247,8 +342,8 @@ def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.Pat
         if entry.get("score") is None:
             raise io.DataError(f"{predictions}: {name} was predicted with K=1; calibration needs K >= 2")
         params = normalize.NormParams.from_dict(entry["normalization"])
-        mean = io.read_image(predictions / f"{name}_mean.tif")
-        std = io.read_image(predictions / f"{name}_std.tif").astype(np.float64)
+        mean = _read_output(predictions, entry, "mean")
+        std = _read_output(predictions, entry, "std").astype(np.float64)
         gt = targets[name]()
         if gt.shape != mean.shape:
             raise io.DataError(f"{target} ({name}): ground truth shape {gt.shape} differs from the prediction "

@@ -46,3 +46,8 @@ def recorded_checkpoint_step(progress_path: pathlib.Path) -> int | None:
     step = read_json(progress_path, "progress file", f"delete {progress_path} to start over") \
         .get("settings", {}).get("checkpoint_step")
     return None if step is None else int(step)
+
+
+def as_json(settings: dict) -> dict:
+    """`settings` as it reads back from a state file (tuples become lists...), so comparisons are exact."""
+    return json.loads(json.dumps(settings))

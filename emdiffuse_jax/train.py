@@ -24,7 +24,7 @@ import numpy as np
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
 from emdiffuse_jax.data import io
-from emdiffuse_jax.diffusion import schedules
+from emdiffuse_jax.diffusion import objectives, schedules
 from emdiffuse_jax.optim import make_optimizer
 from emdiffuse_jax.train_config import TASKS, VEM_TASKS
 from emdiffuse_jax.train_state import TrainState, create_train_state
@@ -48,9 +48,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.task {config.task!r} is not one of {TASKS}")
     if bool(config.model.vem) != (config.task in VEM_TASKS):
         raise ValueError(f"config.model.vem={config.model.vem} does not fit task {config.task!r}")
-    want_in = 3 if config.task in VEM_TASKS else 2
+    if config.objective not in objectives.OBJECTIVES:
+        raise ValueError(f"config.objective {config.objective!r} is not one of {objectives.OBJECTIVES}")
+    # condition channels (two slices for vEM, one image in 2D), plus the noisy target for diffusion
+    want_in = (2 if config.task in VEM_TASKS else 1) + (config.objective == "diffusion")
     if config.model.in_channel != want_in:
-        raise ValueError(f"task {config.task!r} needs model.in_channel={want_in}, got {config.model.in_channel}")
+        raise ValueError(f"task {config.task!r} with objective {config.objective!r} needs model.in_channel="
+                         f"{want_in}, got {config.model.in_channel}")
     if config.task in VEM_TASKS and config.data.z_factor < 2:
         raise ValueError(f"vEM tasks need data.z_factor >= 2, got {config.data.z_factor}")
     down = 2 ** (len(config.model.channel_mults) - 1)
@@ -150,7 +154,7 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, ema_decay: float,
-                   compute_dtype: str, mesh: Any, fsdp_min_size: int) -> Programs:
+                   compute_dtype: str, mesh: Any, fsdp_min_size: int, objective: str = "diffusion") -> Programs:
     """Builds (and caches, so repeated runs in one process such as tests or notebooks reuse compilations)
     the optimizer, the state shardings and the jitted init and train-step functions."""
     tx = make_optimizer(**dict(optim))
@@ -162,7 +166,7 @@ def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, em
     shardings = parallel.state_sharding(mesh, abstract, fsdp_min_size)
     gammas = schedules.make_schedule(**dict(train_schedule)).gammas
     apply_fn = models.make_apply_fn(unet, jnp.dtype(compute_dtype))
-    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay)
+    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay, objective=objective)
     return Programs(tx=tx, abstract=abstract, shardings=shardings,
                     init=jax.jit(init_state, out_shardings=shardings),
                     from_params=jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings),
@@ -173,13 +177,18 @@ def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
     """build_programs for a config (cached: equal settings share one compilation per process)."""
     return build_programs(models.unet_config(config.model.to_dict()), _frozen(config.optim.to_dict()),
                           _frozen(config.diffusion.train_schedule.to_dict()), config.task in VEM_TASKS,
-                          float(config.ema_decay), config.compute_dtype, mesh, int(config.mesh.fsdp_min_size))
+                          float(config.ema_decay), config.compute_dtype, mesh, int(config.mesh.fsdp_min_size),
+                          config.objective)
 
 
 @functools.lru_cache(maxsize=4)
-def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str) -> Any:
+def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str,
+                     objective: str = "diffusion") -> Any:
     """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
     dtype = jnp.dtype(compute_dtype)
+    if objective == "regression":
+        return jax.jit(evaluation.make_regression_validation_fn(
+            lambda p: models.make_denoise_fn(unet, p, dtype), vem=vem))
     return jax.jit(evaluation.make_validation_fn(
         lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
         num_samples=num_samples))
@@ -243,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if config.eval.every_steps:
         test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
         validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
-                                    config.compute_dtype)
+                                    config.compute_dtype, config.objective)
         val_batch = parallel.replicated_batch(
             val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
 

@@ -1,8 +1,8 @@
-"""The launch scripts' error boundary: a user's mistake or a failing disk ends the program with one line
+"""The programs' error boundary (usage errors are `cli.run`'s, exit status 2): a user's mistake or a failing disk ends the program with one line
 that names the file and the fix, and exit status 1, never a traceback.
 
-User errors are our own `DataError` / `ValueError` / usage messages (they already name the file or flag
-and the fix), missing files, a NaN loss, and the operating system's `OSError`s (unreadable input, read-only or full file system,
+User errors are our own `DataError` / `ValueError` messages (they already name the file and the fix),
+missing files, a NaN loss, and the operating system's `OSError`s (unreadable input, read-only or full file system,
 permission denied), which are reworded here with the file they concern.
 """
 
@@ -31,17 +31,17 @@ def describe(err: BaseException) -> str:
         fix = _OS_FIXES.get(err.errno, err.strerror or type(err).__name__)
         where = err.filename if err.filename is not None else "a file"
         return f"{where}: {fix}"
-    text = str(err) or type(err).__name__
-    return " ".join(text.split())   # one line whatever the message held
+    text = " ".join((str(err) or type(err).__name__).split())   # one line whatever the message held
+    if "No space left on device" in text:   # e.g. Orbax/tensorstore report a full disk as a ValueError
+        return f"{text[:400]}: no space left on the device; free space or choose an output on another disk"
+    return text
 
 
 @contextlib.contextmanager
 def clean_exit():
     """Runs a launch script's body: user errors exit with status 1 and `error: <one line>` on stderr."""
-    from absl import app
-
     try:
         yield
-    except (ValueError, OSError, MemoryError, FloatingPointError, app.UsageError) as err:
+    except (ValueError, OSError, MemoryError, FloatingPointError) as err:
         sys.exit(f"error: {describe(err)}")
 

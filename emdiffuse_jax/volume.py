@@ -4,26 +4,31 @@ N input slices with axial factor Z give (N - 1) * Z + 1 output slices: output sl
 output slices i * Z + 1 ... i * Z + Z - 1 are generated between input slices i and i + 1 (slab i). Only the
 two input slices of the current slab are in memory.
 
-On disk (in the output folder):
-  .partial/           work in progress: mean and std as Zarr arrays or TIFF slice folders, and
-                      progress.json (settings, input identity: file sizes and times and a digest of every
-                      slice, checkpoint step, finished slabs; replaced atomically after every slab)
-  mean.zarr | mean/   the isotropic volume in the input's dtype and intensity range
-  std.zarr  | std/    the per-voxel std of the K samples in [0, 1] units (float32; 0 on input slices)
-  report.json         settings, per-slab uncertainty scores, timings
-The final names appear only when every slab is done (mean and std are moved out of .partial at the end),
-so an interrupted run never leaves a complete-looking volume. Rerunning the same command resumes: slabs
-listed in progress.json are not recomputed; a run killed while finalising (the report is then already in
-progress.json) only completes the moves. A resume whose settings, input (file sizes and times, or the
-content of any slice) or checkpoint step differ is refused with what differs. Every slab's keys
-derive from (seed, slab), so a resumed volume is identical to an uninterrupted one. The output folder may
-hold nothing but these names.
+On disk (in the output folder), by output format:
+  .partial/           work in progress: mean and std as TIFF slice folders (tiff, tiff-slices) or OME-Zarr
+                      images (ome-zarr), and progress.json (settings, input identity: file sizes and times
+                      and a digest of every slice, checkpoint step, finished slabs; replaced atomically
+                      after every slab)
+  mean.tif            tiff (default): the isotropic volume, one multi-page ImageJ TIFF in the input's dtype
+                      and intensity range, with its voxel size (Fiji: File > Open shows the scale)
+  std.tif             the per-voxel std of the K samples in [0, 1] units (float32; 0 on input slices)
+  mean/ std/          tiff-slices: the same as folders of one TIFF per slice (x/y pixel size in each)
+  mean.zarr std.zarr  ome-zarr (alias zarr): OME-Zarr images (NGFF 0.4) with axes z, y, x in nanometres and a
+                      multiscale pyramid (data/ome_zarr.py)
+  report.json         settings, voxel sizes, per-slab uncertainty scores, timings
+Voxel size: the input's (from its metadata, or `voxel_size`) with z divided by Z: a 4 x 4 x 50 nm ssTEM
+stack with Z = 6 gives 4 x 4 x 8.33 nm. The final names appear only when every slab is done (mean and
+std are moved out of .partial at the end), so an interrupted run never leaves a complete-looking volume.
+Rerunning the same command resumes: slabs listed in progress.json are not recomputed; a run killed while
+finalising (the report is then already in progress.json) only completes the moves. A resume whose
+settings, input (file sizes and times, or the content of any slice) or checkpoint step differ is refused
+with what differs. Every slab's keys derive from (seed, slab), so a resumed volume is identical to an
+uninterrupted one. The output folder may hold nothing but these names.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import shutil
@@ -34,9 +39,10 @@ import jax
 import numpy as np
 
 from emdiffuse_jax import inference, run_state, uncertainty
-from emdiffuse_jax.data import io, normalize
+from emdiffuse_jax.data import io, normalize, ome_zarr, tiling
 
-FORMATS = ("zarr", "tiff")
+FORMATS = ("tiff", "tiff-slices", "ome-zarr")   # "zarr" is accepted for "ome-zarr"
+_FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"), "ome-zarr": ("mean.zarr", "std.zarr")}
 
 
 def isotropic_depth(num_slices: int, z_factor: int) -> int:
@@ -45,33 +51,51 @@ def isotropic_depth(num_slices: int, z_factor: int) -> int:
 
 
 class _SliceStore:
-    """Write-once-per-slice (Z, Y, X) output, as a Zarr array or a folder of TIFF slices."""
+    """Write-once-per-slice (Z, Y, X) output in .partial: an OME-Zarr image, or a folder of TIFF slices that
+    `finish` turns into the final output (one multi-page TIFF for 'tiff', the folder itself for
+    'tiff-slices'). voxel_size: (z, y, x) nm of the output, None where unknown."""
 
-    def __init__(self, path: pathlib.Path, fmt: str, shape: tuple, dtype):
-        self.path, self.fmt, self.shape, self.dtype = path, fmt, shape, np.dtype(dtype)
-        if fmt == "zarr":
-            import zarr
-            if path.exists():
-                self._array = zarr.open_array(store=str(path), mode="r+")
-            else:
-                self._array = zarr.create_array(store=str(path), shape=shape, dtype=self.dtype,
-                                                chunks=(1,) + tuple(min(s, 512) for s in shape[1:]))
+    def __init__(self, partial: pathlib.Path, name: str, fmt: str, shape: tuple, dtype, voxel_size):
+        self.fmt, self.shape, self.dtype, self.voxel_size = fmt, shape, np.dtype(dtype), voxel_size
+        self.final_name = _FINAL_NAMES[fmt][("mean", "std").index(name)]
+        if fmt == "ome-zarr":
+            self.path = partial / self.final_name
+            self._zarr = ome_zarr.OmeZarrVolume(self.path, shape, self.dtype, voxel_size)
         else:
-            path.mkdir(parents=True, exist_ok=True)
+            self.path = partial / name
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def write(self, z: int, plane: np.ndarray) -> None:
         plane = np.asarray(plane).astype(self.dtype, copy=False)
-        if self.fmt == "zarr":
-            self._array[z] = plane
+        if self.fmt == "ome-zarr":
+            self._zarr.write(z, plane)
             return
         final = self.path / f"{z:06d}.tif"
         tmp = self.path / f".{z:06d}.tmp.tif"  # hidden: slice readers skip it until renamed
         tmp.unlink(missing_ok=True)
-        io.write_tiff(tmp, plane)
+        io.write_tiff(tmp, plane, voxel_size=self.voxel_size[1:])
         os.replace(tmp, final)
 
-    def final_name(self) -> str:
-        return self.path.name
+    def finish(self) -> pathlib.Path:
+        """The complete output inside .partial, ready to be renamed into the output folder."""
+        if self.fmt == "ome-zarr":
+            self._zarr.finish()
+            return self.path
+        if self.fmt == "tiff-slices":
+            return self.path
+        stack = self.path.parent / self.final_name
+        files = [self.path / f"{z:06d}.tif" for z in range(self.shape[0])]
+        io.write_tiff_stack(stack, (io.read_image(f) for f in files), self.shape, self.dtype,
+                            voxel_size=self.voxel_size, overwrite=True)
+        return stack
+
+
+def suggest_z_factor(voxel_size) -> int | None:
+    """The Z that makes the output isotropic, z spacing / x-y spacing rounded, when both are known."""
+    if voxel_size is None or len(voxel_size) != 3 or None in voxel_size:
+        return None
+    z, y, x = voxel_size
+    return max(2, round(z / ((y + x) / 2)))
 
 
 PROGRESS = "progress.json"
@@ -90,24 +114,35 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                 z_factor: int, *, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
                 harmonize: bool = False, fmt: str = "tiff", normalization: str = "auto",
                 threshold: float = uncertainty.DEFAULT_THRESHOLD, dataset: str | None = None,
-                settings: dict | None = None, log: Callable[[str], None] = print) -> dict:
+                settings: dict | None = None, voxel_size=None, log: Callable[[str], None] = print) -> dict:
     """Reconstructs the isotropic volume of `input_path` into the folder `output`; returns the report.
 
     settings: extra JSON-able run settings (checkpoint, its step, sampler...) stored with the progress.
     What identifies the run (every setting, the input's files by size and modification time, and the
-    digest of every input slice read) is recorded at the start; a resume that differs in any of them is
-    refused with what differs, so slabs of two runs never mix. A rerun of a finished run returns its report.
+    digest of every input slice) is recorded at the start; a resume that differs in any of them is refused
+    with what differs, so slabs of two runs never mix. A rerun of a finished run returns its report.
     normalization: 'auto' ('uint8' for 8-bit input, else 'percentile'), or a mode of `data.normalize`.
+    voxel_size: the input's (z, y, x) in nm, overriding what its metadata says (None: read it; axes still
+    unknown are left out of the output's metadata). A Z far from the voxel size's z / xy ratio is warned
+    about (the output will not be isotropic).
     """
+    fmt = "ome-zarr" if fmt == "zarr" else fmt
     if fmt not in FORMATS:
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
+    if z_factor < 2:
+        raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
     input_path = pathlib.Path(input_path)
     output = io.check_output_folder(output, [input_path])
     volume = io.read_volume(input_path, lazy=True, dataset=dataset)
     n, height, width = volume.shape
     depth = isotropic_depth(n, z_factor)
-    suffix = ".zarr" if fmt == "zarr" else ""
-    names = [f"mean{suffix}", f"std{suffix}"]
+    tiling.tile_origins((height, width), (tile, tile), overlap)   # bad tile/overlap: fail before writing
+    in_voxel = tuple(voxel_size) if voxel_size is not None else io.read_voxel_size(input_path, dataset)
+    if in_voxel is not None and len(in_voxel) != 3:
+        raise ValueError(f"voxel_size needs three values (z, y, x) in nm, got {in_voxel}")
+    in_voxel = in_voxel or (None, None, None)
+    out_voxel = (None if in_voxel[0] is None else in_voxel[0] / z_factor,) + tuple(in_voxel[1:])
+    names = _FINAL_NAMES[fmt]
     progress_path = progress_file(output)
     partial = progress_path.parent
     if output.is_dir():
@@ -120,12 +155,12 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     digests = [_slice_digest(volume[z]) for z in range(n)]
     mode = normalization if normalization != "auto" else ("uint8" if volume.dtype == np.uint8 else "percentile")
     params = normalize.fit_normalization(volume, mode)
-    run_settings = json.loads(json.dumps(
+    run_settings = run_state.as_json(
         {"input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
          "input_digest": hashlib.sha256("".join(digests).encode()).hexdigest()[:16],
          "shape": [n, height, width], "z_factor": z_factor, "num_samples": num_samples, "seed": seed,
          "tile": tile, "overlap": overlap, "harmonize": harmonize, "format": fmt,
-         "normalization": params.to_dict(), **(settings or {})}))
+         "normalization": params.to_dict(), "voxel_size_nm": list(in_voxel), **(settings or {})})
     if (output / "report.json").exists():
         report = run_state.read_json(output / "report.json", "report", f"delete {output} and run again")
         diff = run_state.settings_difference(report.get("settings", {}), run_settings)
@@ -149,35 +184,37 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         partial.mkdir(parents=True, exist_ok=True)
         progress = {"settings": run_settings, "done": {}}
         run_state.write_json(progress_path, progress)
+    suggested = suggest_z_factor(in_voxel)
+    if suggested is not None and abs(z_factor - suggested) > 0.25 * suggested:
+        log(f"warning: the voxel size {_describe(in_voxel)} suggests --z_factor={suggested} (z / x-y spacing) for "
+            f"an isotropic output; with {z_factor} the output z spacing is {out_voxel[0]:.3g} nm")
+    shape = (depth, height, width)
     if "report" not in progress:   # not yet finalising
-        report = _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, params,
-                                    num_samples=num_samples, seed=seed, tile=tile, overlap=overlap,
-                                    harmonize=harmonize, log=log)
-        report.update(settings=run_settings, threshold=threshold,
-                      unreliable_slabs=[i for i, s in enumerate(report["slab_scores"])
-                                        if s is not None and s > threshold])
-        progress["report"] = report
-        run_state.write_json(progress_path, progress)   # from here on a rerun only completes the renames below
-    for name in names:
-        if (partial / name).exists():
-            os.replace(partial / name, output / name)
-        elif not (output / name).exists():
-            raise io.DataError(f"{partial / name} is missing though {progress_path} says the run was finalising; "
-                               f"delete {output} and run again")
+        report = _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt,
+                                    params, out_voxel, num_samples=num_samples, seed=seed, tile=tile,
+                                    overlap=overlap, harmonize=harmonize, log=log)
+        scores = report["slab_scores"]
+        progress["report"] = {"settings": run_settings, **report, "threshold": threshold,
+                              "unreliable_slabs": [i for i, s in enumerate(scores) if s is not None and s > threshold]}
+        run_state.write_json(progress_path, progress)   # from here on a rerun only completes the moves below
+    for name, final, dtype in zip(("mean", "std"), names, (volume.dtype, np.float32)):
+        if not (output / final).exists():   # else moved before a kill
+            store = _SliceStore(partial, name, fmt, shape, dtype, out_voxel)
+            os.replace(store.finish(), output / final)
     run_state.write_json(output / "report.json", progress["report"])
     shutil.rmtree(partial)
     return progress["report"]
 
 
-def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, params, *,
-                       num_samples, seed, tile, overlap, harmonize, log) -> dict:
+def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, params, out_voxel,
+                       *, num_samples, seed, tile, overlap, harmonize, log) -> dict:
     """Computes every slab not yet listed in progress['done'] into partial/ (the volumes complete); returns
     the report body. Every slice read must still have the digest of the first pass (`digests`)."""
     n, height, width = volume.shape
     depth = isotropic_depth(n, z_factor)
-    suffix = ".zarr" if fmt == "zarr" else ""
-    mean_store = _SliceStore(partial / f"mean{suffix}", fmt, (depth, height, width), volume.dtype)
-    std_store = _SliceStore(partial / f"std{suffix}", fmt, (depth, height, width), np.float32)
+    mean_store = _SliceStore(partial, "mean", fmt, (depth, height, width), volume.dtype, out_voxel)
+    std_store = _SliceStore(partial, "std", fmt, (depth, height, width), np.float32, out_voxel)
+
     def read(z: int) -> np.ndarray:
         plane = volume[z]
         if _slice_digest(plane) != digests[z]:
@@ -212,8 +249,14 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
             + (f", uncertainty {score:.4f}" if score is not None else ""))
     mean_store.write(depth - 1, read(n - 1))
     std_store.write(depth - 1, zero)
-    scores = [progress["done"][str(i)]["score"] for i in range(n - 1)]
+    in_voxel = progress["settings"]["voxel_size_nm"]
     return {"input_shape": [n, height, width], "output_shape": [depth, height, width],
+            "voxel_size_nm": {"input": list(in_voxel), "output": list(out_voxel), "axes": "zyx"},
             "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
-            "slab_scores": scores, "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
+            "slab_scores": [progress["done"][str(i)]["score"] for i in range(n - 1)],
+            "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
             "seconds_this_run": time.perf_counter() - start}
+
+
+def _describe(voxel) -> str:
+    return " x ".join(f"{v:g}" for v in voxel[::-1]) + " nm (x y z)"

@@ -1,37 +1,15 @@
-"""The demo on built-in data: ``python launch/demo.py --workdir=runs/demo``.
+"""The demo on built-in data: ``emdiffuse demo --workdir=runs/demo`` (or ``python launch/demo.py``).
 
-Trains a tiny EMDiffuse-n denoiser on synthetic EM phantoms (a few minutes on a laptop CPU), then restores
-a held-out noisy phantom with K samples: writes the mean, the std map, the reliability map, PNG previews
-and report.json to WORKDIR/demo_output, and prints PSNR and the uncertainty score. Re-running resumes.
+The same program as `emdiffuse demo` (emdiffuse_jax/programs/demo.py), runnable from a source checkout
+without installing the package. `--help` lists its flags.
 """
 
 import pathlib
 import sys
 
-# Lets the script run from a source checkout without installing the package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the checkout's package
 
-from absl import app, flags  # noqa: E402
-
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for the model, the test image and outputs.")
-_STEPS = flags.DEFINE_integer("steps", 600, "Training steps of the tiny model.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Samples K per image (K >= 2 gives the uncertainty).")
-_SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddpm", "ddim", "dpm"], "Reverse-diffusion sampler.")
-_SAMPLER_STEPS = flags.DEFINE_integer("sampler_steps", 20, "Network evaluations per sample.")
-
-
-def main(argv):
-    from emdiffuse_jax.cli import configure_logging
-    from emdiffuse_jax.demo import run_demo
-    from emdiffuse_jax.user_errors import clean_exit
-
-    configure_logging()
-    with clean_exit():  # bad settings or disk: one line naming the file and the fix, no traceback
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
-                 sampler_steps=_SAMPLER_STEPS.value)
-
+from emdiffuse_jax.programs import demo  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    demo.run()

@@ -1,74 +1,15 @@
 """Isotropic volume reconstruction (vEMDiffuse-i / -a), slab by slab, resumable.
 
-  python launch/isotropic.py --checkpoint=WORKDIR_OR_PTH --input=STACK_FOLDER_OR_ZARR --z_factor=Z \
-      --output=DIR [--num_samples=2]
-
-N input slices give (N - 1) * Z + 1 output slices (originals interleaved with generated ones) and an
-uncertainty (std) volume. Rerunning the same command after an interruption resumes without recomputing
-finished slabs; the final volumes appear only when complete. See docs/prediction.md.
+The same program as `emdiffuse isotropic` (emdiffuse_jax/programs/isotropic.py), runnable from a source checkout
+without installing the package. `--help` lists its flags.
 """
 
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the checkout's package
 
-from absl import app, flags  # noqa: E402
-
-from emdiffuse_jax.cli import SamplingFlags  # noqa: E402
-
-_SAMPLING = SamplingFlags("slice")
-
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "vEM training workdir, checkpoint step dir or .pth.")
-_INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, folder of slices, Zarr or N5.")
-_Z = flags.DEFINE_integer("z_factor", None, "Axial factor Z: Z - 1 slices are generated between neighbours.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
-_FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "zarr"], "Output: folders of TIFF slices or Zarr arrays.")
-_DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
-flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
-
-
-def main(argv):
-    from emdiffuse_jax import checkpointing, restore, run_state, volume
-    from emdiffuse_jax.data import io
-    from emdiffuse_jax.user_errors import clean_exit
-
-    with clean_exit():  # bad flags, input, checkpoint or disk: one line naming the file and the fix
-        _SAMPLING.check(argv)
-        if _Z.value < 2:
-            raise app.UsageError(f"--z_factor must be >= 2 (Z - 1 slices are generated), got {_Z.value}")
-        spec = _SAMPLING.sampler_spec()
-        io.check_output_folder(_OUTPUT.value, [_INPUT.value])
-        # A resumed run keeps the checkpoint step it started with, even if training saved newer ones since.
-        step = run_state.recorded_checkpoint_step(volume.progress_file(_OUTPUT.value))
-        try:
-            loaded = checkpointing.load_model(_CHECKPOINT.value, step=step)
-        except FileNotFoundError as err:
-            if step is None:
-                raise
-            raise io.DataError(f"{volume.progress_file(_OUTPUT.value)}: this unfinished run started with "
-                               f"checkpoint step {step}, which is gone ({err}); delete "
-                               f"{volume.progress_file(_OUTPUT.value).parent} to start over") from err
-        if not loaded.unet.vem:
-            raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use launch/predict.py, or "
-                                 "pass a vEMDiffuse-i/-a checkpoint")
-        trained_z = loaded.meta.get("z_factor")
-        if trained_z and int(trained_z) != _Z.value:
-            raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
-                                 f"it), got --z_factor={_Z.value}")
-        checkpoint = pathlib.Path(_CHECKPOINT.value)
-        restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
-        volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=_SAMPLING.num_samples.value,
-                           seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,
-                           harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
-                           normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
-                           dataset=_DATASET.value,
-                           settings={"checkpoint": str(checkpoint.resolve()),
-                                     "checkpoint_step": loaded.meta.get("step"),
-                                     "checkpoint_identity": io.file_identity(checkpoint)
-                                     if checkpoint.is_file() else None,
-                                     "sampler": spec.to_dict()})
-
+from emdiffuse_jax.programs import isotropic  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    isotropic.run()

@@ -3,9 +3,9 @@
   python tests/cli_runner.py SCRIPT CASES.json RESULTS.json
 
 Each case: {"id", "argv", "watch": [paths], "fault": null | {"errno": "ENOSPC", "prefix": path, "on": "write"}}.
-Every case runs the script as `__main__` with that sys.argv (its absl flags are removed in between, so
-it defines and parses them afresh), exactly as on the command line; SystemExit gives the exit status and
-the message a shell would see. Each result records the
+Every case runs the script as `__main__` with that sys.argv (its program module, imported once, has its
+absl flags reset and parsed afresh), as on the command line; SystemExit gives the exit status and the
+message a shell would see. Each result records the
 exit status, stderr, stdout, a traceback if one escaped, and whether every watched path (inputs, and the
 output) is byte-for-byte as before. A fault makes opening (for writing or reading) and creating folders
 under `prefix` fail with that errno, as a full, read-only or forbidden file system would; this works
@@ -81,11 +81,12 @@ def injected(fault):
         io.open = real_open
 
 
-def run_case(flags, script, case, baseline) -> dict:
+def run_case(flags, script, case) -> dict:
     """Runs launch/<script>.py as `python launch/<script>.py ARGV` would, inside this process."""
     before = {p: snapshot(p) for p in case.get("watch", [])}
-    for name in set(flags.FLAGS) - baseline:   # the previous run's flags: the script defines them again
-        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()   # the program module is imported once: its flags are parsed afresh
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:   # a config's overrides are defined
+        delattr(flags.FLAGS, name)                                      # when it is parsed: again next time
     err, out = io.StringIO(), io.StringIO()
     rc, escaped = 0, None
     argv = sys.argv
@@ -112,11 +113,9 @@ def run_case(flags, script, case, baseline) -> dict:
 def main() -> None:
     script, cases_path, results_path = sys.argv[1:4]
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from absl import app, flags, logging  # noqa: F401 - their flags (--run_with_pdb, ...) stay defined
-
-    baseline = set(flags.FLAGS)
+    from absl import flags
     cases = json.loads(pathlib.Path(cases_path).read_text())
-    results = [run_case(flags, script, case, baseline) for case in cases]
+    results = [run_case(flags, script, case) for case in cases]
     pathlib.Path(results_path).write_text(json.dumps(results, indent=1))
 
 

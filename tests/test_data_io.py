@@ -162,3 +162,38 @@ def test_lazy_volume_auto_mode_loads_small_volumes_into_memory(tmp_path):
     io.write_tiff(tmp_path / "s.tif", vol)
     out = io.read_volume(tmp_path / "s.tif", lazy=None)
     assert isinstance(out, np.ndarray) and np.array_equal(out, vol)
+
+
+def test_voxel_size_is_read_from_resolution_tags_imagej_units_ome_zarr_and_n5(tmp_path):
+    import json as json_module
+
+    from emdiffuse_jax.data import ome_zarr
+
+    vol = np.zeros((3, 16, 16), np.uint8)
+    # Resolution tags in pixels per micrometre (as the FIB-SEM crop in ../shared): 100 px/um = 10 nm.
+    tifffile.imwrite(tmp_path / "um.tif", vol, photometric="minisblack", resolution=(100, 100), resolutionunit=5)
+    assert io.read_voxel_size(tmp_path / "um.tif") == pytest.approx((None, 10.0, 10.0))
+    # Fiji's own way: unit 'micron', spacing in microns, resolution in pixels per micron.
+    tifffile.imwrite(tmp_path / "ij.tif", vol, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"unit": "micron", "spacing": 0.05, "axes": "ZYX"})
+    assert io.read_voxel_size(tmp_path / "ij.tif") == pytest.approx((50.0, 4.0, 4.0))
+    # Pixels per centimetre (the TIFF standard's unit): 1e6 px/cm = 10 nm.
+    tifffile.imwrite(tmp_path / "cm.tif", vol[0], resolution=(1e6, 1e6), resolutionunit=3)
+    assert io.read_voxel_size(tmp_path / "cm.tif") == pytest.approx((10.0, 10.0))
+    tifffile.imwrite(tmp_path / "none.tif", vol, photometric="minisblack")   # XResolution 1/1 without a unit says nothing
+    assert io.read_voxel_size(tmp_path / "none.tif") is None
+    ome_zarr.write_volume(tmp_path / "v.ome.zarr", vol, (40.0, 8.0, 8.0))
+    assert io.read_voxel_size(tmp_path / "v.ome.zarr") == pytest.approx((40.0, 8.0, 8.0))
+    n5 = tmp_path / "v.n5"
+    n5.mkdir()
+    (n5 / "attributes.json").write_text(json_module.dumps({"resolution": [8, 8, 40], "units": ["nm", "nm", "nm"]}))
+    assert io.read_voxel_size(n5) == pytest.approx((40.0, 8.0, 8.0))   # N5 lists X, Y, Z
+
+
+def test_tiff_stack_written_page_by_page_reads_back_with_its_voxel_size(tmp_path):
+    planes = [np.full((8, 9), v, np.uint16) for v in range(5)]
+    path = io.write_tiff_stack(tmp_path / "s.tif", iter(planes), (5, 8, 9), np.uint16, voxel_size=(8.5, 4.0, 4.0))
+    np.testing.assert_array_equal(tifffile.imread(path), np.stack(planes))
+    assert io.read_voxel_size(path) == pytest.approx((8.5, 4.0, 4.0))
+    with pytest.raises(io.DataError, match="already exists"):
+        io.write_tiff_stack(path, iter(planes), (5, 8, 9), np.uint16)

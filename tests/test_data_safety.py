@@ -210,3 +210,14 @@ def test_refused_training_run_leaves_the_workdirs_config_untouched(tmp_path):
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match="another model"):
         train.train_and_evaluate(tiny_config("denoise"), str(tmp_path))
     assert (tmp_path / "config.json").read_text() == '{"task": "vem_i"}'
+
+
+def test_a_full_disk_reported_by_a_library_is_one_line_with_the_fix():
+    from emdiffuse_jax import user_errors
+
+    err = ValueError('RESOURCE_EXHAUSTED: Error writing "params.a/0" in OCDBT database at local file\n"/w/ck/1": '
+                     "Failed to write 317279 bytes to file 11: No space left on device [os_error_code='28']")
+    line = user_errors.describe(err)
+    assert "\n" not in line and line.startswith("RESOURCE_EXHAUSTED") and line.endswith("on another disk")
+    assert user_errors.describe(OSError(28, "No space left on device", "/w/out/a.tif")) == \
+        "/w/out/a.tif: no space left on the device; free space or choose an output on another disk"

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,7 @@ def test_predict_command_writes_every_output(denoise_ckpt, image16, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                             env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not re.search(r"^[IW]\d{4} |INFO:absl|orbax", result.stderr, re.M), result.stderr  # no library noise
     mean = tifffile.imread(out / "cell_mean.tif")
     std = tifffile.imread(out / "cell_std.tif")
     assert mean.shape == img.shape and mean.dtype == np.uint16
@@ -99,10 +101,40 @@ def test_isotropic_command_builds_the_volume_and_refuses_a_2d_model(denoise_ckpt
     bad = subprocess.run(base + [f"--checkpoint={denoise_ckpt}", f"--output={tmp_path / 'bad'}"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode != 0 and "launch/predict.py" in bad.stderr + bad.stdout
-    ok = subprocess.run(base + [f"--checkpoint={vem_ckpt}", f"--output={tmp_path / 'iso'}"],
+    ok = subprocess.run(base + [f"--checkpoint={vem_ckpt}", f"--output={tmp_path / 'iso'}", "--voxel_size=50,4,4"],
                         capture_output=True, text=True, timeout=600, env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    mean = tifffile.imread(sorted((tmp_path / "iso" / "mean").glob("*.tif"))[1])
-    assert len(list((tmp_path / "iso" / "mean").glob("*.tif"))) == 5 and mean.shape == (24, 20)
+    assert not re.search(r"^[IW]\d{4} |INFO:absl|orbax", ok.stderr, re.M), ok.stderr  # no library noise
+    with tifffile.TiffFile(tmp_path / "iso" / "mean.tif") as tif:   # a stack in, a stack out, with its scale
+        assert tif.series[0].shape == (5, 24, 20) and tif.imagej_metadata["spacing"] == pytest.approx(25.0)
     report = json.loads((tmp_path / "iso" / "report.json").read_text())
     assert report["output_shape"] == [5, 24, 20] and len(report["slab_scores"]) == 2
+
+
+def test_a_stack_in_gives_stacks_out_with_the_pixel_size_and_calibrates(denoise_ckpt, tmp_path):
+    from emdiffuse_jax.data import io
+
+    yy, xx = np.mgrid[:40, :52]
+    stack = np.stack([(20000 + 8000 * np.sin(yy / (4.0 + z)) * np.cos(xx / 6.0)).astype(np.uint16) for z in range(3)])
+    path = io.write_tiff(tmp_path / "s.tif", stack, voxel_size=(30.0, 5.0, 5.0))
+    restorer = restore.make_restorer(checkpointing.load_model(denoise_ckpt, task="denoise"),
+                                     inference.SamplerSpec("ddim", 2))
+    out = tmp_path / "out"
+    report = restore.restore_files(restorer, path, out, task="denoise", num_samples=2, tile=32, overlap=8,
+                                   log=lambda _: None)
+    for kind, dtype in (("mean", np.uint16), ("std", np.float32), ("reliability", np.float32)):
+        with tifffile.TiffFile(out / f"s_{kind}.tif") as tif:   # one multi-page TIFF per output, Fiji's scale
+            assert tif.series[0].shape == (3, 40, 52) and tif.series[0].dtype == dtype
+            assert tif.imagej_metadata["spacing"] == pytest.approx(30.0) and tif.imagej_metadata["unit"] == "nm"
+            assert tif.pages[0].tags["XResolution"].value == (1, 5)
+    assert not list(out.glob("s_z*_mean.tif")) and not list(out.glob(".*"))   # no per-slice files left over
+    assert [e["name"] for e in report["images"]] == ["s_z0000", "s_z0001", "s_z0002"]
+    assert report["images"][1]["voxel_size_nm"]["output"] == [30.0, 5.0, 5.0]
+    mean, std, target = restore.load_calibration_blocks(out, path, block=16)   # reads pages of the stacks
+    assert mean.shape == std.shape == target.shape == (3 * 2 * 3, 16, 16)
+    # Super-resolution halves the pixel size; an explicit voxel size overrides the (absent) metadata.
+    tifffile.imwrite(tmp_path / "lr.tif", stack[0])
+    restore.restore_files(restorer, tmp_path / "lr.tif", tmp_path / "sr", task="superres", num_samples=1, tile=32,
+                          overlap=8, voxel_size=(8.0, 8.0), log=lambda _: None)
+    assert io.read_voxel_size(tmp_path / "sr" / "lr_mean.tif") == pytest.approx((4.0, 4.0))
+    assert tifffile.imread(tmp_path / "sr" / "lr_mean.tif").shape == (80, 104)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import shared_path
 from emdiffuse_jax import inference, run_state, volume
 from emdiffuse_jax.data import io
 from emdiffuse_jax.diffusion import samplers
@@ -49,8 +50,8 @@ def test_volume_interleaves_originals_and_generated_slices(stack, tmp_path):
     path, slices = stack
     report = volume.reconstruct(make_restorer(), path, tmp_path / "out", Z, num_samples=2, tile=32, overlap=8,
                                 log=lambda s: None)
-    mean = io.read_volume(tmp_path / "out" / "mean")
-    std = io.read_volume(tmp_path / "out" / "std")
+    mean = io.read_volume(tmp_path / "out" / "mean.tif")   # one multi-page TIFF per output
+    std = io.read_volume(tmp_path / "out" / "std.tif")
     assert mean.shape == (10, 40, 36) and mean.dtype == np.uint8 and std.dtype == np.float32
     np.testing.assert_array_equal(mean[::Z], slices)
     expected = np.array([30, 50, 70, 90, 110, 130, 150, 170, 190, 210])
@@ -98,7 +99,9 @@ def test_resume_with_other_settings_is_refused(stack, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=2, tile=32, overlap=8,
                            log=interrupt)
-    with pytest.raises(ValueError, match=r"other settings \(num_samples: 2 -> 3\)"):
+    # The refusal names the leftover folder, what differs and how to start over.
+    with pytest.raises(ValueError, match=r"\S+\.partial holds an unfinished run with other settings "
+                                         r"\(num_samples: 2 -> 3\).*delete \S+\.partial to start over"):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=3, tile=32, overlap=8,
                            log=lambda s: None)
 
@@ -123,6 +126,78 @@ def test_finished_output_and_input_are_never_overwritten(stack, tmp_path):
     with pytest.raises(ValueError, match="overlaps the input"):
         volume.reconstruct(make_restorer(), folder, folder / "out", Z, tile=32, overlap=8, log=lambda s: None)
     np.testing.assert_array_equal(tifffile.imread(path), slices)
+
+
+def test_output_voxel_size_is_the_input_s_with_z_divided_by_z_factor(tmp_path):
+    slices = np.stack([np.full((40, 36), v, np.uint8) for v in (30, 90, 150)])
+    path = io.write_tiff(tmp_path / "sstem.tif", slices, voxel_size=(50.0, 4.0, 4.0))   # ssTEM-like
+    messages = []
+    report = volume.reconstruct(make_restorer(), path, tmp_path / "out", Z, num_samples=1, tile=32, overlap=8,
+                                log=messages.append)
+    with tifffile.TiffFile(tmp_path / "out" / "mean.tif") as tif:
+        assert tif.series[0].shape == (7, 40, 36) and len(tif.pages) == 7
+        assert tif.imagej_metadata["unit"] == "nm" and tif.imagej_metadata["spacing"] == pytest.approx(50 / Z)
+        assert tif.pages[0].tags["XResolution"].value == (1, 4)   # 1 pixel per 4 nm
+    assert io.read_voxel_size(tmp_path / "out" / "std.tif") == pytest.approx((50 / Z, 4.0, 4.0))
+    assert report["voxel_size_nm"]["output"] == pytest.approx([50 / Z, 4.0, 4.0])
+    # 50 / 4 nm = 12.5 suggests Z = 12: the user is told that Z = 3 gives no isotropic output.
+    assert any("suggests --z_factor=12" in m for m in messages)
+
+
+def test_voxel_size_argument_overrides_the_metadata_and_slices_keep_xy(stack, tmp_path):
+    path, _ = stack   # a TIFF without any voxel size
+    assert io.read_voxel_size(path) is None
+    volume.reconstruct(make_restorer(), path, tmp_path / "out", Z, num_samples=1, tile=32, overlap=8,
+                       fmt="tiff-slices", voxel_size=(30.0, 10.0, 10.0), log=lambda s: None)
+    slices = io.list_images(tmp_path / "out" / "mean")
+    assert len(slices) == 10 and io.read_voxel_size(slices[1]) == pytest.approx((10.0, 10.0))
+    assert io.read_voxel_size(tmp_path / "out" / "mean") == (None, 10.0, 10.0)   # a folder: z unknown
+
+
+def test_ome_zarr_output_validates_against_ngff_with_nanometre_axes_and_a_pyramid(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    models = pytest.importorskip("ome_zarr_models.v04", reason="ome-zarr-models is in the test extra")
+    slices = np.stack([np.full((160, 140), v, np.uint8) for v in (30, 90, 150)])
+    path = io.write_tiff(tmp_path / "in.tif", slices, voxel_size=(50.0, 4.0, 4.0))
+    volume.reconstruct(make_restorer(), path, tmp_path / "out", Z, num_samples=2, tile=64, overlap=16,
+                       fmt="ome-zarr", log=lambda s: None)
+    for name in ("mean.zarr", "std.zarr"):
+        image = models.Image.from_zarr(zarr.open_group(str(tmp_path / "out" / name), mode="r"))
+        (multiscale,) = image.attributes.multiscales
+        assert [(a.name, a.type, a.unit) for a in multiscale.axes] == [("z", "space", "nanometer"),
+                                                                       ("y", "space", "nanometer"),
+                                                                       ("x", "space", "nanometer")]
+        scales = [d.coordinateTransformations[0].scale for d in multiscale.datasets]
+        assert len(scales) == 2 and scales[0] == pytest.approx([50 / Z, 4, 4])
+        assert scales[1] == pytest.approx([100 / Z, 8, 8])
+        assert io.read_voxel_size(tmp_path / "out" / name) == pytest.approx((50 / Z, 4.0, 4.0))
+    mean = io.read_volume(tmp_path / "out" / "mean.zarr")   # level 0
+    assert mean.shape == (7, 160, 140) and mean.dtype == np.uint8
+    np.testing.assert_array_equal(mean[::Z], slices)
+    level1 = zarr.open_group(str(tmp_path / "out" / "mean.zarr"), mode="r")["1"]
+    assert level1.shape == (4, 80, 70)
+    np.testing.assert_allclose(level1[0], np.rint(mean[0:2].astype(float).mean(0)[::2, ::2]), atol=1)
+
+
+def test_sstem_crop_reconstruction_carries_4_nm_xy_and_8_33_nm_z_in_tiff_and_ome_zarr(tmp_path):
+    """The issue's acceptance case: ssTEM (4 x 4 x 50 nm), Z = 6, as a TIFF stack and as OME-Zarr."""
+    zarr = pytest.importorskip("zarr")
+    models = pytest.importorskip("ome_zarr_models.v04", reason="ome-zarr-models is in the test extra")
+    crop = io.read_volume(shared_path("data", "sstem-vnc-30.tif"))[:3, :64, :64]
+    path = io.write_tiff(tmp_path / "sstem_crop.tif", crop)   # no voxel size in the file: given explicitly
+    for fmt in ("tiff", "ome-zarr"):
+        volume.reconstruct(make_restorer(), path, tmp_path / fmt, 6, num_samples=1, tile=64, overlap=16, fmt=fmt,
+                           voxel_size=(50.0, 4.0, 4.0), log=lambda s: None)
+    mean = tifffile.TiffFile(tmp_path / "tiff" / "mean.tif")
+    with mean:
+        assert mean.series[0].shape == (13, 64, 64) and mean.imagej_metadata["unit"] == "nm"
+        assert mean.imagej_metadata["spacing"] == pytest.approx(50 / 6)
+        xres = mean.pages[0].tags["XResolution"].value
+        assert xres[1] / xres[0] == pytest.approx(4.0)
+    image = models.Image.from_zarr(zarr.open_group(str(tmp_path / "ome-zarr" / "mean.zarr"), mode="r"))
+    (multiscale,) = image.attributes.multiscales
+    assert [a.name for a in multiscale.axes] == ["z", "y", "x"] and {a.unit for a in multiscale.axes} == {"nanometer"}
+    assert multiscale.datasets[0].coordinateTransformations[0].scale == pytest.approx([50 / 6, 4.0, 4.0])
 
 
 def _interrupt_at(prefix):
@@ -170,23 +245,23 @@ def test_a_run_killed_while_finalising_is_completed_by_the_rerun(stack, tmp_path
     real_replace = os.replace
 
     def killed_after_mean(src, dst):
-        if pathlib.Path(src).name == "std" and pathlib.Path(src).parent.name == ".partial":
-            raise KeyboardInterrupt   # killed between renaming mean/ and std/
+        if pathlib.Path(src).name == "std.tif" and pathlib.Path(src).parent.name == ".partial":
+            raise KeyboardInterrupt   # killed between moving mean.tif and std.tif
         return real_replace(src, dst)
 
     monkeypatch.setattr(volume.os, "replace", killed_after_mean)
     with pytest.raises(KeyboardInterrupt):
         volume.reconstruct(make_restorer(), path, out, Z, num_samples=2, tile=32, overlap=8, log=lambda s: None)
     monkeypatch.setattr(volume.os, "replace", real_replace)
-    assert (out / "mean").is_dir() and (out / ".partial" / "std").is_dir() and not (out / "report.json").exists()
+    assert (out / "mean.tif").is_file() and not (out / "std.tif").exists() and not (out / "report.json").exists()
     calls = []
     restorer = make_restorer()
     restorer.sample = lambda *a, **k: calls.append(1)
     report = volume.reconstruct(restorer, path, out, Z, num_samples=2, tile=32, overlap=8, log=lambda s: None)
     assert not calls and not (out / ".partial").exists()
     assert report["slab_scores"] == reference["slab_scores"]
-    np.testing.assert_array_equal(io.read_volume(out / "std"), io.read_volume(tmp_path / "ref" / "std"))
-    np.testing.assert_array_equal(io.read_volume(out / "mean"), io.read_volume(tmp_path / "ref" / "mean"))
+    np.testing.assert_array_equal(io.read_volume(out / "std.tif"), io.read_volume(tmp_path / "ref" / "std.tif"))
+    np.testing.assert_array_equal(io.read_volume(out / "mean.tif"), io.read_volume(tmp_path / "ref" / "mean.tif"))
 
 
 def test_a_damaged_progress_file_is_named_with_the_fix(stack, tmp_path):

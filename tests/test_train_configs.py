@@ -42,6 +42,16 @@ def test_tiny_variant_is_small_and_valid(name):
     assert models.count_params(models.unet_config(config.model)) < 500_000
 
 
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_small_variant_sits_between_tiny_and_full_and_ships_under_10_mb(name):
+    config = _parse(f"--config={CONFIGS / name}.py:small")
+    check_config(config)
+    assert config.data.patch_size == 64 and config.model.inner_channel == 32
+    params = models.count_params(models.unet_config(config.model))
+    assert 500_000 < params < 2_000_000 and 4 * params < 10e6   # float32 weights under 10 MB
+    assert config.task == NAMES[name] and config.diffusion == _parse(f"--config={CONFIGS / name}.py").diffusion
+
+
 def test_command_line_overrides_apply():
     config = _parse(f"--config={CONFIGS / 'emdiffuse_n'}.py:tiny", "--config.optim.learning_rate=0.25",
                     "--config.mesh.fsdp=2", "--config.data.input_path=/data/noisy", "--config.model.dropout=0.1")

@@ -443,33 +443,134 @@ def _tiff_volume(path: pathlib.Path) -> LazyVolume:
     return LazyVolume(squeezed, dtype, load, str(path))
 
 
+# Length units -> nanometres (TIFF ResolutionUnit codes: 2 inch, 3 cm; tifffile adds 4 mm, 5 micrometre).
+_NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3,
+                "micron": 1e3, "micrometer": 1e3, "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6,
+                "cm": 1e7, "centimeter": 1e7, "m": 1e9, "meter": 1e9, "inch": 2.54e7, "angstrom": 0.1,
+                "\u00e5": 0.1, "a": 0.1, "pm": 1e-3, "picometer": 1e-3}
+_NM_PER_RESOLUTION_UNIT = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
+
+VoxelSize = tuple  # (z, y, x) or (y, x) in nanometres; an axis the file does not describe is None
+
+
+def nm_per_unit(unit: str | None) -> float | None:
+    """Nanometres per `unit` ('nm', 'micron', '\u00b5m', 'nanometer', ...); None for unknown units."""
+    if unit is None:
+        return None
+    return _NM_PER_UNIT.get(str(unit).strip().lower().replace("\\u00b5", "\u00b5"))
+
+
+def _tiff_voxel_size(tif, ndim: int) -> VoxelSize | None:
+    """Voxel size in nm from tifffile's shaped metadata, ImageJ metadata or the resolution tags."""
+    shaped = tif.shaped_metadata
+    if shaped and "voxel_size" in shaped[0]:
+        scale = nm_per_unit(shaped[0].get("unit", "nm")) or 1.0
+        return tuple(float(v) * scale for v in shaped[0]["voxel_size"])[-ndim:]
+    page = tif.pages[0]
+    ij = tif.imagej_metadata or {}
+    xy = None
+    if "XResolution" in page.tags and "YResolution" in page.tags:
+        (xn, xd), (yn, yd) = page.tags["XResolution"].value, page.tags["YResolution"].value
+        unit_code = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2
+        scale = nm_per_unit(ij.get("unit")) if ij.get("unit") else _NM_PER_RESOLUTION_UNIT.get(unit_code)
+        if scale and xn and yn and not (unit_code == 1 and not ij.get("unit")):
+            xy = (yd / yn * scale, xd / xn * scale)
+    if xy is None and "spacing" not in ij:
+        return None
+    if ndim == 2:
+        return xy
+    z = None
+    if "spacing" in ij and ij.get("unit") and nm_per_unit(ij["unit"]):
+        z = float(ij["spacing"]) * nm_per_unit(ij["unit"])
+    return (z,) + (xy or (None, None))
+
+
+def _zarr_voxel_size(node) -> VoxelSize | None:
+    """Voxel size in nm from OME-Zarr multiscales (NGFF 0.4 / 0.5) or our plain voxel_size/unit attrs."""
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        ms = multiscales[0]
+        scale = next((t["scale"] for t in ms["datasets"][0].get("coordinateTransformations", [])
+                      if t.get("type") == "scale"), None)
+        if scale is None:
+            return None
+        sizes = []
+        for axis, value in zip(ms.get("axes", []), scale):
+            axis = axis if isinstance(axis, dict) else {"name": axis, "type": "space"}
+            if axis.get("type", "space") == "space":
+                factor = nm_per_unit(axis.get("unit"))
+                sizes.append(float(value) * factor if factor else None)
+        return tuple(sizes) or None
+    if "voxel_size" in attrs:
+        factor = nm_per_unit(attrs.get("unit", "nm")) or 1.0
+        return tuple(float(v) * factor for v in attrs["voxel_size"])
+    return None
+
+
+def _n5_voxel_size(path: pathlib.Path, dataset: str | None) -> VoxelSize | None:
+    """N5 'resolution' (+ 'units') or 'pixelResolution' attributes; N5 lists axes as X, Y, Z."""
+    for folder in ([path / dataset] if dataset else []) + [path]:
+        attrs_path = folder / "attributes.json"
+        if not attrs_path.is_file():
+            continue
+        attrs = json.loads(attrs_path.read_text())
+        if isinstance(attrs.get("pixelResolution"), dict):
+            values, units = attrs["pixelResolution"].get("dimensions"), [attrs["pixelResolution"].get("unit")] * 3
+        else:
+            values, units = attrs.get("resolution"), attrs.get("units") or ["nm"] * 3
+        if values:
+            return tuple(float(v) * (nm_per_unit(u) or 1.0) for v, u in zip(values, units))[::-1]
+    return None
+
+
+def read_voxel_size(path: str | os.PathLike, dataset: str | None = None) -> VoxelSize | None:
+    """The voxel size (z, y, x) or pixel size (y, x) in nm that a file records, or None if it records none.
+
+    Reads ImageJ metadata (spacing, unit) and the TIFF resolution tags, tifffile's shaped metadata (what
+    `write_tiff` writes for other dtypes), OME-Zarr multiscales and N5 resolution attributes. For a folder
+    of slices the first slice gives (y, x) and z is unknown. Axes a file does not describe are None.
+    """
+    import tifffile
+
+    path = _existing(path)
+    try:
+        if path.is_dir() and _is_zarr(path):
+            import zarr
+            node = zarr.open(store=str(path), mode="r")
+            return _zarr_voxel_size(node)
+        if path.is_dir() and _is_n5(path):
+            return _n5_voxel_size(path, dataset)
+        if path.is_dir():
+            first = list_images(path)[0]
+            if first.suffix.lower() == ".png":
+                return None
+            xy = read_voxel_size(first)
+            return None if xy is None else (None,) + tuple(xy[-2:])
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                squeezed = [s for s in tif.series[0].shape if s != 1]
+                return _tiff_voxel_size(tif, 3 if len(squeezed) >= 3 else 2)
+    except DataError:
+        raise
+    except Exception as exc:  # corrupt metadata: the reader names the file
+        raise DataError(f"{path}: cannot read the voxel size ({type(exc).__name__}: {exc}); pass it with "
+                        "--voxel_size") from exc
+    return None
+
+
 def read_tiff_metadata(path: str | os.PathLike) -> dict:
-    """Axes, voxel size (per axis, in `unit`) and unit of a TIFF written by `write_tiff` or ImageJ/Fiji."""
+    """Axes, voxel size (per axis, in nm; None if the file records none) and unit of a TIFF."""
     import tifffile
 
     path = _existing(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes = series.axes
-            meta: dict = {"axes": axes, "voxel_size": None, "unit": None}
-            ij = tif.imagej_metadata
-            page = tif.pages[0]
-            if "XResolution" in page.tags:
-                num, den = page.tags["XResolution"].value
-                ynum, yden = page.tags["YResolution"].value
-                xy = (den / num if num else 1.0, yden / ynum if ynum else 1.0)
-                if ij is not None:
-                    sizes = {"Y": xy[1], "X": xy[0], "Z": float(ij.get("spacing", 1.0))}
-                    meta["voxel_size"] = tuple(sizes.get(a, 1.0) for a in axes)
-                    meta["unit"] = ij.get("unit")
-            shaped = tif.shaped_metadata
-            if shaped and "voxel_size" in shaped[0]:
-                meta["voxel_size"] = tuple(shaped[0]["voxel_size"])
-                meta["unit"] = shaped[0].get("unit")
+            axes = tif.series[0].axes
     except Exception as exc:
         raise DataError(f"{path}: cannot read TIFF metadata ({exc})") from exc
-    return meta
+    voxel = read_voxel_size(path)
+    return {"axes": axes, "voxel_size": voxel, "unit": "nm" if voxel is not None else None}
 
 
 def file_identity(path: str | os.PathLike) -> dict:
@@ -534,26 +635,48 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, *, axes: str | None =
     axes = axes or "ZYX"[-array.ndim:]
     if len(axes) != array.ndim or array.ndim not in (2, 3):
         raise DataError(f"{path}: axes '{axes}' do not match array shape {array.shape} (2D or 3D only)")
-    if voxel_size is not None and len(voxel_size) != array.ndim:
-        raise DataError(f"{path}: voxel_size {tuple(voxel_size)} needs one value per axis '{axes}'")
     _refuse_overwrite(path, overwrite)
+    _imwrite(path, array, array.shape, array.dtype, axes, voxel_size, unit, compression)
+    return path
+
+
+def write_tiff_stack(path: str | os.PathLike, slices, shape: Sequence[int], dtype, *,
+                     voxel_size: Sequence[float | None] | None = None, unit: str = "nm", overwrite: bool = False,
+                     compression: str | None = "zlib") -> pathlib.Path:
+    """Writes a (Z, Y, X) stack from an iterable of Y x X slices, one page at a time (a volume larger than
+    memory), as one multi-page TIFF with the same metadata as `write_tiff` (Fiji opens it as a stack
+    with its voxel size)."""
+    path = pathlib.Path(path)
+    dtype = np.dtype(dtype)
+    check_array(np.empty(0, dtype), path)
+    if len(shape) != 3:
+        raise DataError(f"{path}: a stack needs a (Z, Y, X) shape, got {tuple(shape)}")
+    _refuse_overwrite(path, overwrite)
+    pages = (np.asarray(plane, dtype=dtype).reshape(shape[1:]) for plane in slices)
+    _imwrite(path, pages, tuple(shape), dtype, "ZYX", voxel_size, unit, compression)
+    return path
+
+
+def _imwrite(path, data, shape, dtype, axes, voxel_size, unit, compression) -> None:
+    """ImageJ hyperstack for uint8/uint16/float32 (Fiji reads spacing and unit), else a shaped TIFF with the
+    voxel size in its JSON; X/Y resolution in pixels per `unit` either way. None sizes are left out."""
     import tifffile
 
-    sizes = dict(zip(axes, voxel_size)) if voxel_size is not None else {}
-    kwargs: dict = {"compression": compression, "photometric": "minisblack"}
-    if sizes:
-        kwargs["resolution"] = (1.0 / sizes.get("X", 1.0), 1.0 / sizes.get("Y", 1.0))
-    if array.dtype in (np.uint8, np.uint16, np.float32):
-        metadata: dict = {"axes": axes, "unit": unit}
+    if voxel_size is not None and len(voxel_size) != len(shape):
+        raise DataError(f"{path}: voxel_size {tuple(voxel_size)} needs one value per axis '{axes}'")
+    sizes = {a: float(v) for a, v in zip(axes, voxel_size or ()) if v is not None}
+    kwargs: dict = {"compression": compression, "photometric": "minisblack", "shape": shape, "dtype": dtype}
+    if "X" in sizes and "Y" in sizes:
+        kwargs["resolution"] = (1.0 / sizes["X"], 1.0 / sizes["Y"])
+    metadata: dict = {"axes": axes, "unit": unit}
+    if np.dtype(dtype) in (np.uint8, np.uint16, np.float32):
         if "Z" in sizes:
-            metadata["spacing"] = float(sizes["Z"])
-        tifffile.imwrite(path, array, imagej=True, metadata=metadata, **kwargs)
+            metadata["spacing"] = sizes["Z"]
+        tifffile.imwrite(path, data, imagej=True, metadata=metadata, **kwargs)
     else:
-        metadata = {"axes": axes, "unit": unit}
-        if voxel_size is not None:
-            metadata["voxel_size"] = [float(v) for v in voxel_size]
-        tifffile.imwrite(path, array, metadata=metadata, **kwargs)
-    return path
+        if voxel_size is not None and len(sizes) == len(shape):
+            metadata["voxel_size"] = [sizes[a] for a in axes]
+        tifffile.imwrite(path, data, metadata=metadata, **kwargs)
 
 
 def write_zarr(path: str | os.PathLike, array, *, chunks: Sequence[int] | None = None,

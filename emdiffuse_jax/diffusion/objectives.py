@@ -1,6 +1,8 @@
-"""The training objective (reference sections 3.2 and 3.3): noise prediction at a continuous noise level.
+"""Training objectives: the reference's noise prediction (sections 3.2, 3.3) and the regression baseline.
 
 `denoise(x, gamma, slice_index)` is any function returning the predicted noise; x = [cond, noisy target].
+The regression baseline (config.objective = "regression") uses the same UNet without the noisy-target
+channel: `predict(cond, gamma, slice_index)` returns the target itself, trained with an L1 loss.
 """
 
 import jax
@@ -33,3 +35,44 @@ def vem_noise_prediction_loss(denoise, targets, cond, key, gammas) -> jax.Array:
     slice_index = jax.random.randint(key_slice, (batch,), 0, num_slices)
     y0 = jnp.take_along_axis(targets, slice_index[:, None, None, None], axis=-1)
     return noise_prediction_loss(denoise, y0, cond, key_loss, gammas, slice_index)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The regression baseline (CARE-like): the same UNet maps the condition straight to the target.
+
+OBJECTIVES = ("diffusion", "regression")
+REGRESSION_GAMMA = 1.0   # the network's noise-level input, held at "no noise" (a learned constant bias)
+
+
+def regression_predict(predict, cond, slice_index=None) -> jax.Array:
+    """The regression model's output for condition `cond` (B, H, W, Cc): predict(cond, gamma=1, slice_index)."""
+    gamma = jnp.full((cond.shape[0],), REGRESSION_GAMMA, cond.dtype)
+    return predict(cond, gamma, slice_index)
+
+
+def regression_loss(predict, target, cond, slice_index=None) -> jax.Array:
+    """Mean absolute error (L1, as CARE) between the prediction from the condition and the target."""
+    return jnp.mean(jnp.abs(regression_predict(predict, cond, slice_index) - target))
+
+
+def vem_regression_loss(predict, targets, cond, key) -> jax.Array:
+    """The vEM regression loss: one intermediate slice c ~ U{0, ..., z-2} per sample, as the diffusion loss."""
+    batch, num_slices = targets.shape[0], targets.shape[-1]
+    slice_index = jax.random.randint(key, (batch,), 0, num_slices)
+    y0 = jnp.take_along_axis(targets, slice_index[:, None, None, None], axis=-1)
+    return regression_loss(predict, y0, cond, slice_index)
+
+
+def regression_sample(predict, cond, key, slice_index=None) -> jax.Array:
+    """The regression model as a "sampler" (same signature as the diffusion samplers, so it runs through the
+    same tiling and stitching): one deterministic prediction, the key unused."""
+    del key
+    return regression_predict(predict, cond, slice_index)
+
+
+def objective_of(meta: dict) -> str:
+    """The objective a checkpoint was trained with (its meta record); 'diffusion' for published weights."""
+    objective = (meta.get("config") or {}).get("objective", "diffusion")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"checkpoint objective {objective!r} is not one of {OBJECTIVES}")
+    return objective

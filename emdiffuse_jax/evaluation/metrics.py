@@ -1,13 +1,10 @@
-"""Image-quality metrics (PSNR, SSIM, MAE) and validation with the EMA weights and the test-time sampler.
+"""Pixel metrics of images in the model's [-1, 1] range (or any range via data_range): PSNR, SSIM, MAE.
 
-Fixes the reference's validation, which sampled with the 2000-step training schedule and the online
-weights: here validation uses the EMA parameters and the test schedule with a configurable, small number
-of steps. Images are NHWC in [-1, 1]; metrics are per image (averaged over channels for vEM slices).
+Batched and jittable (NHWC, one value per image; channels averaged), used by training validation and by
+the file-level comparison (`evaluation.compare`), which passes its own data range.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,46 +65,3 @@ def image_metrics(prediction: jax.Array, target: jax.Array) -> dict[str, jax.Arr
     """Batch means of PSNR, SSIM and MAE."""
     return {"psnr": jnp.mean(psnr(prediction, target)), "ssim": jnp.mean(ssim(prediction, target)),
             "mae": jnp.mean(mae(prediction, target))}
-
-
-def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_samples: int) -> Callable:
-    """Returns ``validate(ema_params, batch, key) -> (metrics, mean, std)``, jittable.
-
-    make_denoise: ``params -> denoise(x, gamma, slice_index)`` in eval mode (models.make_denoise_fn
-    partially applied). Each image is sampled ``num_samples`` times with the test-schedule DDPM sampler;
-    the mean is scored against the target and the per-pixel std (ddof=1) returned for display. For vEM
-    every one of the z-1 target slices is generated (one enlarged batch with slice indices).
-    """
-    from emdiffuse_jax.diffusion.ensemble import ensemble_mean_var
-    from emdiffuse_jax.diffusion.samplers import collect_slices, ddpm_sample, expand_slices
-
-    def validate(params, batch, key):
-        cond, target = batch["cond"], batch["target"]
-        denoise = make_denoise(params)
-        slices = target.shape[-1]
-        cond, slice_index = expand_slices(cond, slices) if vem else (cond, None)
-
-        def sample(k):
-            return ddpm_sample(denoise, cond, k, schedule, slice_index=slice_index)
-
-        mean, var = ensemble_mean_var(sample, key, num_samples, ddof=1 if num_samples > 1 else 0)
-        std = jnp.sqrt(var)
-        if vem:
-            mean, std = collect_slices(mean, slices), collect_slices(std, slices)
-        return image_metrics(mean, target), mean, std
-
-    return validate
-
-
-def summary_panel(cond: np.ndarray, mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """One image row [condition channels | mean | std | target] in [0, 1] for TensorBoard.
-
-    cond, mean, std, target: (H, W, C) for one image; vEM shows the first and the middle generated
-    slice; std is scaled so that 0..0.5 (in [-1, 1] units) fills the range.
-    """
-    def cols(x):
-        return [x[..., i] for i in sorted({0, x.shape[-1] // 2})]
-
-    tiles = ([(c + 1) / 2 for c in cols(cond)] + [(m + 1) / 2 for m in cols(mean)]
-             + [np.clip(s / 0.5, 0, 1) for s in cols(std)] + [(t + 1) / 2 for t in cols(target)])
-    return np.clip(np.concatenate(tiles, axis=1), 0.0, 1.0)

@@ -1,0 +1,15 @@
+"""Regression baseline (CARE-like) for EMDiffuse-r (2x super-resolution): emdiffuse_r.py, objective "regression".
+
+The same UNet, data, patches, optimiser and step schedule as emdiffuse_r.py, without the noisy-target
+input channel, trained with an L1 loss to map the condition straight to the target. It predicts through the
+same tiling as the diffusion model (launch/predict.py: one deterministic prediction, no uncertainty). Variants
+and overrides as emdiffuse_r.py, e.g. --config=configs/regression_r.py:tiny.
+"""
+
+from emdiffuse_jax import train_config
+from emdiffuse_jax.configs import emdiffuse_r
+
+
+def get_config(arg: str | None = None):
+    config = emdiffuse_r.get_config(arg)
+    return train_config.apply_regression(config)

@@ -1,0 +1,101 @@
+"""vEMDiffuse-i on the held-out FIB-SEM block: diffusion (mean of K, one sample, harmonised) vs linear and
+cubic interpolation along z and the regression baseline; tables and plots by launch/evaluate.py.
+
+  python experiments/fibsem_split.py --stack=../shared/data/fibsem-medulla-250.tif --workdir=W --z_factor=4
+  python launch/train.py --config=configs/vemdiffuse_i.py:small --workdir=W/vemdiffuse_i_small_z4 \
+      --config.data.input_path=W/data/train.tif --config.data.z_factor=4
+  python launch/train.py --config=configs/regression_i.py:small --workdir=W/regression_i_small_z4 \
+      --config.data.input_path=W/data/train.tif --config.data.z_factor=4
+  python experiments/vem_i_fibsem.py --workdir=W --z_factor=4 [--num_samples=4 --sampler=dpm --steps=20]
+
+Every prediction is made by launch/isotropic.py on W/data/test_input_z{Z}.tif (the test block subsampled in
+z, never seen in training) and scored against W/data/test_truth_z{Z}.tif on the generated slices only.
+Outputs: W/results_z{Z}/{metrics.json, metrics.md, *.png} and the predictions under W/pred_z{Z}/.
+Rerunning skips predictions already made (isotropic.py resumes unfinished ones).
+"""
+
+import argparse
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import tifffile
+from scipy import interpolate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def interpolate_z(stack: np.ndarray, z_factor: int, kind: str) -> np.ndarray:
+    """(N, H, W) -> ((N - 1) Z + 1, H, W) by linear or cubic (not-a-knot spline) interpolation along z."""
+    z_in = np.arange(len(stack)) * z_factor
+    z_out = np.arange((len(stack) - 1) * z_factor + 1)
+    data = stack.astype(np.float64)
+    if kind == "linear":
+        out = interpolate.interp1d(z_in, data, axis=0)(z_out)
+    else:
+        out = interpolate.CubicSpline(z_in, data, axis=0)(z_out)
+    info = np.iinfo(stack.dtype)
+    return np.clip(np.rint(out), info.min, info.max).astype(stack.dtype)
+
+
+def isotropic(checkpoint: pathlib.Path, test_input: pathlib.Path, output: pathlib.Path, z_factor: int,
+              args, *, num_samples: int, seed: int = 0, harmonize: bool = False) -> None:
+    if (output / "mean.tif").exists():
+        print(f"{output}: done before, kept")
+        return
+    cmd = [sys.executable, str(ROOT / "launch" / "isotropic.py"), f"--checkpoint={checkpoint}",
+           f"--input={test_input}", f"--output={output}", f"--z_factor={z_factor}",
+           f"--num_samples={num_samples}", f"--sampler={args.sampler}", f"--steps={args.steps}",
+           f"--tile={args.tile}", f"--overlap={args.overlap}", f"--seed={seed}",
+           "--harmonize" if harmonize else "--noharmonize"]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--z_factor", type=int, default=4)
+    parser.add_argument("--num_samples", type=int, default=4)
+    parser.add_argument("--sampler", default="dpm")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--tile", type=int, default=64)
+    parser.add_argument("--overlap", type=int, default=16)
+    parser.add_argument("--block", type=int, default=28)
+    parser.add_argument("--skip", default="", help="comma-separated predictions to leave out")
+    args = parser.parse_args()
+    work, z = pathlib.Path(args.workdir), args.z_factor
+    skip = set(filter(None, args.skip.split(",")))
+    test_input, truth = work / "data" / f"test_input_z{z}.tif", work / "data" / f"test_truth_z{z}.tif"
+    pred = work / f"pred_z{z}"
+    pred.mkdir(parents=True, exist_ok=True)
+    stack = tifffile.imread(test_input)
+    predictions, stds = {}, {}
+    for kind in ("linear", "cubic"):
+        path = pred / f"{kind}.tif"
+        tifffile.imwrite(path, interpolate_z(stack, z, kind))
+        predictions[kind] = path
+    diffusion, regression = work / f"vemdiffuse_i_small_z{z}", work / f"regression_i_small_z{z}"
+    runs = {"regression": (regression, 1, False), f"diffusion_mean_K{args.num_samples}": (diffusion, args.num_samples, False),
+            f"diffusion_mean_K{args.num_samples}_harmonized": (diffusion, args.num_samples, True),
+            "diffusion_one_sample": (diffusion, 1, False)}
+    for name, (checkpoint, k, harmonize) in runs.items():
+        if name in skip or not (checkpoint / "checkpoints").is_dir():
+            print(f"{name}: skipped ({checkpoint} has no checkpoints)" if name not in skip else f"{name}: skipped")
+            continue
+        isotropic(checkpoint, test_input, pred / name, z, args, num_samples=k, harmonize=harmonize)
+        predictions[name] = pred / name / "mean.tif"
+        if k > 1:
+            stds[name] = pred / name / "std.tif"
+    cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), f"--truth={truth}",
+           f"--output={work / f'results_z{z}'}", f"--z_factor={z}", "--voxel_size=10,10,10",
+           f"--block={args.block}"]
+    cmd += [f"--prediction={n}={p}" for n, p in predictions.items()]
+    cmd += [f"--std={n}={p}" for n, p in stds.items()]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
