@@ -273,3 +273,30 @@ def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = 
                               "incomplete - pass another checkpoint step folder of that workdir") from err
     logging.info("loaded EMA weights of step %s (%s) from %s", meta.get("step"), meta.get("task"), step_dir)
     return LoadedModel(saved_unet, params, meta["task"], meta)
+
+
+def trained_z_factor(loaded: LoadedModel, z_factor: int, declared: int | None = None) -> tuple[int, str]:
+    """The z_factor a vEM model was trained for and where that is known from; raises ValueError unless it
+    equals `z_factor` (the network embeds the index of the slice it generates, 0 ... Z - 2, so it only works
+    with its training Z). Our checkpoints record it; a reference .pth does not, so `declared` (the
+    --trained_z_factor the user read in docs/weights.md) is required for one."""
+    recorded = loaded.meta.get("z_factor")
+    if loaded.meta.get("source") == "torch":
+        if declared is None:
+            raise ValueError(f"{loaded.meta.get('path')} (PyTorch weights) does not record the z_factor it was "
+                             "trained with; pass --trained_z_factor=Z (6 for the published vEMDiffuse-i weights, 5 "
+                             "for vEMDiffuse-a; see docs/weights.md) and the same --z_factor")
+        trained, source = int(declared), "--trained_z_factor (a .pth does not record it)"
+    elif recorded:
+        if declared is not None and int(declared) != int(recorded):
+            raise ValueError(f"the checkpoint records z_factor={recorded}; --trained_z_factor={declared} contradicts "
+                             "it (drop --trained_z_factor for our checkpoints)")
+        trained, source = int(recorded), "checkpoint metadata"
+    elif declared is not None:
+        trained, source = int(declared), "--trained_z_factor (the checkpoint does not record it)"
+    else:
+        return z_factor, "unknown (the checkpoint does not record it; --z_factor taken as given)"
+    if trained != z_factor:
+        raise ValueError(f"the model was trained for z_factor={trained} ({source}; its slice embedding is tied to "
+                         f"it), got --z_factor={z_factor}")
+    return trained, source

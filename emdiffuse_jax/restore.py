@@ -39,10 +39,20 @@ def make_restorer(loaded, spec: inference.SamplerSpec, batch_per_device: int = 4
     A regression-baseline checkpoint ignores the sampler: its one deterministic prediction per tile runs
     through the same tiling and stitching as the diffusion samples (use K = 1 with it).
     """
-    regression = objectives.objective_of(loaded.meta) == "regression"
-    sample_fn = objectives.regression_sample if regression else inference.make_sample_fn(spec)
-    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, sample_fn,
+    return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, sample_fn_for(loaded, spec),
                               batch_per_device=batch_per_device)
+
+
+def sample_fn_for(loaded, spec: inference.SamplerSpec):
+    """The sampler a checkpoint needs: the regression model's direct prediction, or `spec`'s diffusion
+    sampler, mapped back from the residual parametrisation when the model was trained with it."""
+    if objectives.objective_of(loaded.meta) == "regression":
+        return objectives.regression_sample
+    sample_fn = inference.make_sample_fn(spec)
+    if objectives.parametrization_of(loaded.meta) == "residual":
+        z_factor = loaded.meta.get("z_factor")
+        sample_fn = objectives.residual_sampler(sample_fn, int(z_factor) - 1 if loaded.unet.vem else None)
+    return sample_fn
 
 
 def samples_for(loaded, requested: int, log: Callable[[str], None] = print) -> int:

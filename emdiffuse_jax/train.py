@@ -48,6 +48,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.task {config.task!r} is not one of {TASKS}")
     if bool(config.model.vem) != (config.task in VEM_TASKS):
         raise ValueError(f"config.model.vem={config.model.vem} does not fit task {config.task!r}")
+    if config.parametrization not in objectives.PARAMETRIZATIONS:
+        raise ValueError(f"config.parametrization {config.parametrization!r} is not one of "
+                         f"{objectives.PARAMETRIZATIONS}")
+    if config.parametrization == "residual" and config.objective != "diffusion":
+        raise ValueError("config.parametrization='residual' applies to objective 'diffusion' only")
     if config.objective not in objectives.OBJECTIVES:
         raise ValueError(f"config.objective {config.objective!r} is not one of {objectives.OBJECTIVES}")
     # condition channels (two slices for vEM, one image in 2D), plus the noisy target for diffusion
@@ -154,7 +159,8 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, ema_decay: float,
-                   compute_dtype: str, mesh: Any, fsdp_min_size: int, objective: str = "diffusion") -> Programs:
+                   compute_dtype: str, mesh: Any, fsdp_min_size: int, objective: str = "diffusion",
+                   residual: bool = False) -> Programs:
     """Builds (and caches, so repeated runs in one process such as tests or notebooks reuse compilations)
     the optimizer, the state shardings and the jitted init and train-step functions."""
     tx = make_optimizer(**dict(optim))
@@ -166,7 +172,8 @@ def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, em
     shardings = parallel.state_sharding(mesh, abstract, fsdp_min_size)
     gammas = schedules.make_schedule(**dict(train_schedule)).gammas
     apply_fn = models.make_apply_fn(unet, jnp.dtype(compute_dtype))
-    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay, objective=objective)
+    step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay, objective=objective,
+                              residual=residual)
     return Programs(tx=tx, abstract=abstract, shardings=shardings,
                     init=jax.jit(init_state, out_shardings=shardings),
                     from_params=jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings),
@@ -178,12 +185,12 @@ def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
     return build_programs(models.unet_config(config.model.to_dict()), _frozen(config.optim.to_dict()),
                           _frozen(config.diffusion.train_schedule.to_dict()), config.task in VEM_TASKS,
                           float(config.ema_decay), config.compute_dtype, mesh, int(config.mesh.fsdp_min_size),
-                          config.objective)
+                          config.objective, config.parametrization == "residual")
 
 
 @functools.lru_cache(maxsize=4)
 def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str,
-                     objective: str = "diffusion") -> Any:
+                     objective: str = "diffusion", residual: bool = False) -> Any:
     """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
     dtype = jnp.dtype(compute_dtype)
     if objective == "regression":
@@ -191,7 +198,7 @@ def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: in
             lambda p: models.make_denoise_fn(unet, p, dtype), vem=vem))
     return jax.jit(evaluation.make_validation_fn(
         lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
-        num_samples=num_samples))
+        num_samples=num_samples, residual=residual))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -252,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if config.eval.every_steps:
         test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
         validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
-                                    config.compute_dtype, config.objective)
+                                    config.compute_dtype, config.objective,
+                                    config.parametrization == "residual")
         val_batch = parallel.replicated_batch(
             val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
 

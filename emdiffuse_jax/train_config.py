@@ -21,6 +21,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
     c.objective = "diffusion"     # or "regression": the CARE-like baseline (see apply_regression)
+    c.parametrization = "direct"  # or "residual": diffuse (target - simple estimate) / 2 (diffusion.objectives)
     c.seed = 0
 
     c.model = ml_collections.ConfigDict(dict(

@@ -18,15 +18,18 @@ from emdiffuse_jax.train_state import TrainState, ema_update
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas: Any, *, vem: bool,
-                    ema_decay: float, objective: str = "diffusion") -> Callable:
+                    ema_decay: float, objective: str = "diffusion", residual: bool = False) -> Callable:
     """Returns ``train_step(state, batch, base_key) -> (state, metrics)``.
 
     apply_fn: ``apply(params, x, gamma, slice_index=None, dropout_key=None)`` of the UNet.
     gammas: the training schedule's cumulative alphas. batch: {"cond": (B,H,W,Cc), "target": (B,H,W,Ct)}
     in [-1, 1]; for vEM the target holds all z-1 intermediate slices and one is drawn per sample.
     objective: "diffusion" (noise prediction) or "regression" (the baseline: L1 of the direct prediction).
+    residual: diffuse the difference to the condition's simple estimate (objectives, "residual").
     metrics: loss, grad_norm, finite (1.0 when loss and gradients are finite).
     """
+    if residual and objective != "diffusion":
+        raise ValueError("the residual parametrisation applies to the diffusion objective only")
     if objective not in objectives.OBJECTIVES:
         raise ValueError(f"objective must be one of {objectives.OBJECTIVES}, got {objective!r}")
     gammas = jnp.asarray(gammas, jnp.float32)
@@ -40,8 +43,10 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas
                 return objectives.vem_regression_loss(denoise, batch["target"], batch["cond"], loss_key)
             return objectives.regression_loss(denoise, batch["target"], batch["cond"])
         if vem:
-            return objectives.vem_noise_prediction_loss(denoise, batch["target"], batch["cond"], loss_key, gammas)
-        return objectives.noise_prediction_loss(denoise, batch["target"], batch["cond"], loss_key, gammas)
+            return objectives.vem_noise_prediction_loss(denoise, batch["target"], batch["cond"], loss_key, gammas,
+                                                        residual=residual)
+        return objectives.noise_prediction_loss(denoise, batch["target"], batch["cond"], loss_key, gammas,
+                                                residual=residual)
 
     def train_step(state: TrainState, batch: dict, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state.step)

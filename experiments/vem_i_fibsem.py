@@ -10,7 +10,7 @@ cubic interpolation along z and the regression baseline; tables and plots by lau
 
 Every prediction is made by launch/isotropic.py on W/data/test_input_z{Z}.tif (the test block subsampled in
 z, never seen in training) and scored against W/data/test_truth_z{Z}.tif on the generated slices only.
-Outputs: W/results_z{Z}/{metrics.json, metrics.md, *.png} and the predictions under W/pred_z{Z}/.
+Outputs: W/results_z{Z}[_c{CROP}]/{metrics.json, metrics.md, *.png}, predictions under W/pred_z{Z}[_c{CROP}]/.
 Rerunning skips predictions already made (isotropic.py resumes unfinished ones).
 """
 
@@ -64,22 +64,37 @@ def main():
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--block", type=int, default=28)
     parser.add_argument("--skip", default="", help="comma-separated predictions to leave out")
+    parser.add_argument("--crop", type=int, default=0, help="score only the central CROP x CROP px (cheaper)")
+    parser.add_argument("--models", default="vemdiffuse_i_small,regression_i_small,vemdiffuse_i_small_residual",
+                        help="training workdirs W/<name>_z{Z} to predict with (those without checkpoints skipped)")
     args = parser.parse_args()
     work, z = pathlib.Path(args.workdir), args.z_factor
     skip = set(filter(None, args.skip.split(",")))
     test_input, truth = work / "data" / f"test_input_z{z}.tif", work / "data" / f"test_truth_z{z}.tif"
-    pred = work / f"pred_z{z}"
+    tag = f"z{z}" + (f"_c{args.crop}" if args.crop else "")
+    pred = work / f"pred_{tag}"
     pred.mkdir(parents=True, exist_ok=True)
+    if args.crop:
+        for name, path in (("test_input", test_input), ("test_truth", truth)):
+            volume = tifffile.imread(path)
+            y0, x0 = (volume.shape[1] - args.crop) // 2, (volume.shape[2] - args.crop) // 2
+            tifffile.imwrite(pred / f"{name}.tif", volume[:, y0:y0 + args.crop, x0:x0 + args.crop])
+        test_input, truth = pred / "test_input.tif", pred / "test_truth.tif"
     stack = tifffile.imread(test_input)
     predictions, stds = {}, {}
     for kind in ("linear", "cubic"):
         path = pred / f"{kind}.tif"
         tifffile.imwrite(path, interpolate_z(stack, z, kind))
         predictions[kind] = path
-    diffusion, regression = work / f"vemdiffuse_i_small_z{z}", work / f"regression_i_small_z{z}"
-    runs = {"regression": (regression, 1, False), f"diffusion_mean_K{args.num_samples}": (diffusion, args.num_samples, False),
-            f"diffusion_mean_K{args.num_samples}_harmonized": (diffusion, args.num_samples, True),
-            "diffusion_one_sample": (diffusion, 1, False)}
+    runs = {}
+    for model in filter(None, args.models.split(",")):
+        checkpoint = work / f"{model}_z{z}"
+        if model.startswith("regression"):
+            runs[model] = (checkpoint, 1, False)
+            continue
+        runs[f"{model}_mean_K{args.num_samples}"] = (checkpoint, args.num_samples, False)
+        runs[f"{model}_mean_K{args.num_samples}_harmonized"] = (checkpoint, args.num_samples, True)
+        runs[f"{model}_one_sample"] = (checkpoint, 1, False)
     for name, (checkpoint, k, harmonize) in runs.items():
         if name in skip or not (checkpoint / "checkpoints").is_dir():
             print(f"{name}: skipped ({checkpoint} has no checkpoints)" if name not in skip else f"{name}: skipped")
@@ -89,7 +104,7 @@ def main():
         if k > 1:
             stds[name] = pred / name / "std.tif"
     cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), f"--truth={truth}",
-           f"--output={work / f'results_z{z}'}", f"--z_factor={z}", "--voxel_size=10,10,10",
+           f"--output={work / f'results_{tag}'}", f"--z_factor={z}", "--voxel_size=10,10,10",
            f"--block={args.block}"]
     cmd += [f"--prediction={n}={p}" for n, p in predictions.items()]
     cmd += [f"--std={n}={p}" for n, p in stds.items()]

@@ -32,7 +32,8 @@ def _parse(*args):
 @pytest.mark.parametrize("variant", ["", ":tiny"])
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_regression_config_is_its_diffusion_config_without_the_noise_channel(name, variant):
-    reg, diff = _parse(f"--config={CONFIGS / name}.py{variant}"), _parse(f"--config={CONFIGS / PAIRS[name]}.py{variant}")
+    reg = _parse(f"--config={CONFIGS / name}.py{variant}")
+    diff = _parse(f"--config={CONFIGS / PAIRS[name]}.py{variant}")
     train.check_config(reg)
     assert reg.objective == "regression" and diff.objective == "diffusion"
     assert reg.model.in_channel == diff.model.in_channel - 1

@@ -3,6 +3,12 @@
 `denoise(x, gamma, slice_index)` is any function returning the predicted noise; x = [cond, noisy target].
 The regression baseline (config.objective = "regression") uses the same UNet without the noisy-target
 channel: `predict(cond, gamma, slice_index)` returns the target itself, trained with an L1 loss.
+
+Parametrisation (config.parametrization): "direct" (the reference's, the default: the target is diffused)
+or "residual": the diffused variable is r = (target - estimate) / 2, the difference to a simple estimate
+the condition gives (the input for denoising, the bilinearly upsampled input for super-resolution, the
+linear interpolation of the two input slices for vEM), halved so that it lies in [-1, 1] like an image.
+A sample is then estimate + 2 r, so a partly trained model whose r is near 0 returns about the estimate.
 """
 
 import jax
@@ -17,8 +23,39 @@ def sample_noise_levels(key: jax.Array, batch: int, gammas: jax.Array) -> jax.Ar
     return low + (high - low) * jax.random.uniform(key_u, (batch,))
 
 
-def noise_prediction_loss(denoise, y0, cond, key, gammas, slice_index=None) -> jax.Array:
-    """Mean squared error between the true and the predicted noise, over all elements."""
+PARAMETRIZATIONS = ("direct", "residual")
+
+
+def simple_estimate(cond, slice_index=None, num_slices: int | None = None) -> jax.Array:
+    """What the condition (B, H, W, C) alone suggests for the target (B, H, W, 1).
+
+    2D (slice_index None): the condition image itself. vEM: channels [later, earlier] interpolated linearly
+    at the depth (c + 1) / (num_slices + 1) of slice c = slice_index (B,).
+    """
+    if slice_index is None:
+        return cond[..., :1]
+    w = ((slice_index.astype(jnp.float32) + 1.0) / (num_slices + 1))[:, None, None, None]
+    return (1.0 - w) * cond[..., 1:2] + w * cond[..., 0:1]
+
+
+def to_residual(y0, estimate):
+    """The diffused variable of the residual parametrisation, in [-1, 1] for y0 and estimate in [-1, 1]."""
+    return (y0 - estimate) / 2.0
+
+
+def from_residual(r, estimate):
+    """Inverse of to_residual: a sample of the target from a sample of the residual."""
+    return estimate + 2.0 * r
+
+
+def noise_prediction_loss(denoise, y0, cond, key, gammas, slice_index=None, *, residual: bool = False,
+                          num_slices: int | None = None) -> jax.Array:
+    """Mean squared error between the true and the predicted noise, over all elements.
+
+    residual: diffuse to_residual(y0, simple_estimate(cond, ...)) instead of y0 (num_slices for vEM).
+    """
+    if residual:
+        y0 = to_residual(y0, simple_estimate(cond, slice_index, num_slices))
     key_gamma, key_noise = jax.random.split(key)
     gamma = sample_noise_levels(key_gamma, y0.shape[0], gammas)
     noise = jax.random.normal(key_noise, y0.shape, y0.dtype)
@@ -28,13 +65,14 @@ def noise_prediction_loss(denoise, y0, cond, key, gammas, slice_index=None) -> j
     return jnp.mean((predicted - noise) ** 2)
 
 
-def vem_noise_prediction_loss(denoise, targets, cond, key, gammas) -> jax.Array:
+def vem_noise_prediction_loss(denoise, targets, cond, key, gammas, *, residual: bool = False) -> jax.Array:
     """The vEM loss: one intermediate slice c ~ U{0, ..., z-2} per sample, targets (B, H, W, z-1)."""
     key_slice, key_loss = jax.random.split(key)
     batch, num_slices = targets.shape[0], targets.shape[-1]
     slice_index = jax.random.randint(key_slice, (batch,), 0, num_slices)
     y0 = jnp.take_along_axis(targets, slice_index[:, None, None, None], axis=-1)
-    return noise_prediction_loss(denoise, y0, cond, key_loss, gammas, slice_index)
+    return noise_prediction_loss(denoise, y0, cond, key_loss, gammas, slice_index, residual=residual,
+                                 num_slices=num_slices)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -68,6 +106,22 @@ def regression_sample(predict, cond, key, slice_index=None) -> jax.Array:
     same tiling and stitching): one deterministic prediction, the key unused."""
     del key
     return regression_predict(predict, cond, slice_index)
+
+
+def residual_sampler(sample_fn, num_slices: int | None = None):
+    """A sampler of the target from a sampler of the residual (same signature as the samplers)."""
+    def sample(denoise, cond, key, slice_index=None):
+        return from_residual(sample_fn(denoise, cond, key, slice_index),
+                             simple_estimate(cond, slice_index, num_slices))
+    return sample
+
+
+def parametrization_of(meta: dict) -> str:
+    """The parametrisation a checkpoint was trained with; 'direct' (the reference's) when not recorded."""
+    value = (meta.get("config") or {}).get("parametrization", "direct")
+    if value not in PARAMETRIZATIONS:
+        raise ValueError(f"checkpoint parametrization {value!r} is not one of {PARAMETRIZATIONS}")
+    return value
 
 
 def objective_of(meta: dict) -> str:

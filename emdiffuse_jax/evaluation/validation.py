@@ -15,14 +15,17 @@ import numpy as np
 from emdiffuse_jax.evaluation.metrics import image_metrics
 
 
-def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_samples: int) -> Callable:
+def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_samples: int,
+                       residual: bool = False) -> Callable:
     """Returns ``validate(ema_params, batch, key) -> (metrics, mean, std)``, jittable.
 
     make_denoise: ``params -> denoise(x, gamma, slice_index)`` in eval mode (models.make_denoise_fn
     partially applied). Each image is sampled ``num_samples`` times with the test-schedule DDPM sampler;
     the mean is scored against the target and the per-pixel std (ddof=1) returned for display. For vEM
-    every one of the z-1 target slices is generated (one enlarged batch with slice indices).
+    every one of the z-1 target slices is generated (one enlarged batch with slice indices). residual: the
+    model samples the residual parametrisation (diffusion.objectives), mapped back to the target here.
     """
+    from emdiffuse_jax.diffusion import objectives
     from emdiffuse_jax.diffusion.ensemble import ensemble_mean_var
     from emdiffuse_jax.diffusion.samplers import collect_slices, ddpm_sample, expand_slices
 
@@ -33,7 +36,10 @@ def make_validation_fn(make_denoise: Callable, schedule: Any, *, vem: bool, num_
         cond, slice_index = expand_slices(cond, slices) if vem else (cond, None)
 
         def sample(k):
-            return ddpm_sample(denoise, cond, k, schedule, slice_index=slice_index)
+            y = ddpm_sample(denoise, cond, k, schedule, slice_index=slice_index)
+            if residual:
+                y = objectives.from_residual(y, objectives.simple_estimate(cond, slice_index, slices))
+            return y
 
         mean, var = ensemble_mean_var(sample, key, num_samples, ddof=1 if num_samples > 1 else 0)
         std = jnp.sqrt(var)

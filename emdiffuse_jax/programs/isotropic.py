@@ -21,6 +21,9 @@ _SAMPLING = cli.SamplingFlags("slice")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "vEM training workdir, checkpoint step dir or .pth.")
 _INPUT = flags.DEFINE_string("input", None, "Anisotropic volume: TIFF stack, folder of slices, Zarr or N5.")
 _Z = flags.DEFINE_integer("z_factor", None, "Axial factor Z: Z - 1 slices are generated between neighbours.")
+_TRAINED_Z = flags.DEFINE_integer("trained_z_factor", None, "The z_factor the model was trained with: required "
+                                  "for a .pth, which does not record it (published weights: vEMDiffuse-i 6, "
+                                  "vEMDiffuse-a 5; docs/weights.md); must equal --z_factor.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap the input).")
 _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr", "zarr"],
                             "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
@@ -55,10 +58,7 @@ def main(argv):
         if not loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
-        trained_z = loaded.meta.get("z_factor")
-        if trained_z and int(trained_z) != _Z.value:
-            raise app.UsageError(f"the model was trained for z_factor={trained_z} (its slice embedding is tied to "
-                                 f"it), got --z_factor={_Z.value}")
+        trained_z, trained_z_source = checkpointing.trained_z_factor(loaded, _Z.value, _TRAINED_Z.value)
         checkpoint = pathlib.Path(_CHECKPOINT.value)
         restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
         num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
@@ -71,7 +71,8 @@ def main(argv):
                                      "checkpoint_step": loaded.meta.get("step"),
                                      "checkpoint_identity": io.file_identity(checkpoint)
                                      if checkpoint.is_file() else None,
-                                     "sampler": spec.to_dict()})
+                                     "sampler": spec.to_dict(), "trained_z_factor": trained_z,
+                                     "trained_z_factor_source": trained_z_source})
 
 
 def run(argv=None):
