@@ -283,3 +283,18 @@ def test_an_output_folder_holding_other_files_is_refused(stack, tmp_path):
     with pytest.raises(io.DataError, match=r"holds files this run does not write \(keep.txt\)"):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, tile=32, overlap=8, log=lambda s: None)
     assert (tmp_path / "o" / "keep.txt").read_text() == "mine" and len(list((tmp_path / "o").iterdir())) == 1
+
+
+def test_a_resume_is_pinned_to_the_checkpoint_step_it_started_with(stack, tmp_path):
+    """launch/isotropic.py records the step it loaded and loads that one on resume (run_state); a run whose
+    step differs (a newer checkpoint picked up) is refused rather than mixed into the volume."""
+    path, _ = stack
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        volume.reconstruct(make_restorer(), path, out, Z, tile=32, overlap=8, settings={"checkpoint_step": 4},
+                           log=_interrupt_at("slab 1/3"))
+    assert run_state.recorded_checkpoint_step(volume.progress_file(out)) == 4
+    assert run_state.recorded_checkpoint_step(volume.progress_file(tmp_path / "new")) is None
+    with pytest.raises(io.DataError, match=r"other settings \(checkpoint_step: 4 -> 6\)"):
+        volume.reconstruct(make_restorer(), path, out, Z, tile=32, overlap=8, settings={"checkpoint_step": 6},
+                           log=lambda s: None)
