@@ -96,14 +96,10 @@ class Checkpointer:
 
     def check_compatible(self, identity: dict) -> None:
         """Raises IncompatibleCheckpointError when the newest readable checkpoint is of another model."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                meta = self.read_meta(step)
-            except (FileNotFoundError, ValueError):   # damaged: restore_newest_complete sets it aside
-                continue
-            break
-        else:
+        newest = newest_readable_meta(self.directory)
+        if newest is None:
             return
+        step, meta = newest
         diffs = identity_mismatch(meta, identity)
         if diffs:
             raise IncompatibleCheckpointError(
@@ -161,6 +157,20 @@ class Checkpointer:
         self.manager.close()
 
 
+def newest_readable_meta(directory: str | os.PathLike) -> tuple[int, dict] | None:
+    """(step, meta) of the newest step folder under a checkpoints/ directory whose metadata reads (damaged
+    newer ones are skipped: `Checkpointer.restore_newest_complete` sets them aside); None when there is none."""
+    directory = Path(directory)
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \
+        if directory.is_dir() else []
+    for step in steps:
+        try:
+            return step, read_meta(directory / str(step))
+        except (FileNotFoundError, ValueError):
+            continue
+    return None
+
+
 def read_meta(step_dir: str | os.PathLike) -> dict:
     path = Path(step_dir) / "meta" / "metadata"
     if not path.exists():
@@ -179,9 +189,12 @@ def read_meta(step_dir: str | os.PathLike) -> dict:
 
 # --- inference loader ------------------------------------------------------------------------------------
 
+WEIGHTS = ("ema", "online")
+
+
 class LoadedModel(NamedTuple):
     unet: Any            # models.UNetConfig
-    params: Any          # EMA parameters (plain nested dict of arrays)
+    params: Any          # the chosen weights, EMA by default (plain nested dict of arrays)
     task: str
     meta: dict           # z_factor, patch_size, step, config ... ({"source": "torch"} for a .pth)
 
@@ -203,41 +216,56 @@ def _step_dir(path: Path, step: int | None) -> Path:
     return root / str(step)
 
 
-def restore_ema_params(step_dir: str | os.PathLike, unet: Any) -> Any:
-    """Only the EMA parameters of a checkpoint, onto the default device (any saving topology)."""
+def check_weights(weights: str) -> str:
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS} (EMA or online parameters), got {weights!r}")
+    return weights
+
+
+def restore_params(step_dir: str | os.PathLike, unet: Any, weights: str = "ema") -> Any:
+    """Only the EMA ('ema') or online ('online') parameters of a checkpoint, onto the default device
+    (any saving topology)."""
     from emdiffuse_jax import models
 
+    key = {"ema": "ema_params", "online": "params"}[check_weights(weights)]
     abstract = jax.eval_shape(lambda k: models.init_params(unet, k), jax.random.key(0))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {"ema_params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                         abstract)}
+    target = {key: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)}
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     restored = checkpointer.restore(
         Path(step_dir).absolute() / "state",
         args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                     partial_restore=True))
-    return restored["ema_params"]
+    return restored[key]
 
 
 def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = None,
-               step: int | None = None) -> LoadedModel:
-    """Loads a model for prediction: our workdir / checkpoint step dir (EMA weights), or a reference .pth.
+               step: int | None = None, weights: str = "ema") -> LoadedModel:
+    """Loads a model for prediction: our workdir / checkpoint step dir, or a reference .pth.
 
     task: the expected task; a checkpoint of another task (or, for a .pth, of the other network family)
     is an error. A .pth does not record its task: without ``task`` it is reported as "denoise" (2D) or
     "vem_i" (vEM), which predict identically to "superres" / "vem_a". unet: UNetConfig or dict of a .pth
     whose network differs from the published one (vem and in_channel are read from the file).
-    step: which checkpoint of a workdir (default: the newest).
+    step: which checkpoint of a workdir (default: the newest). weights: 'ema' (default; the EMA warms up
+    from step 1, see train_state.ema_decay_at) or 'online' (the optimizer's current parameters). A .pth
+    holds one set (the reference writes <prefix>_Network.pth, online, and <prefix>_Network_ema.pth): pick
+    the file; 'online' with a .pth is refused rather than silently ignored.
     """
     from emdiffuse_jax import models
     from emdiffuse_jax.train_config import TASKS, VEM_TASKS
 
     path = Path(path)
+    check_weights(weights)
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if path.suffix == ".pth":
         if not path.is_file():
             raise FileNotFoundError(f"reference checkpoint {path} does not exist")
+        if weights != "ema":
+            raise ValueError(f"{path} is a reference .pth, which holds one set of weights: choose the file "
+                             "(<prefix>_Network.pth = online, <prefix>_Network_ema.pth = EMA) instead of "
+                             f"weights={weights!r}")
         from emdiffuse_jax.convert import load_torch_checkpoint
 
         if unet is None:
@@ -266,13 +294,13 @@ def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = 
             f"use a checkpoint trained for {task!r} or set the task to {meta.get('task')!r}")
     saved_unet = models.unet_config(meta["unet"])
     try:
-        params = restore_ema_params(step_dir, saved_unet)
+        params = restore_params(step_dir, saved_unet, weights)
     except Exception as err:  # Orbax and tensorstore raise many types for damaged files
         raise CheckpointError(f"{step_dir}: cannot restore the model weights ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200] if str(err) else ''}); the checkpoint is damaged or "
                               "incomplete - pass another checkpoint step folder of that workdir") from err
-    logging.info("loaded EMA weights of step %s (%s) from %s", meta.get("step"), meta.get("task"), step_dir)
-    return LoadedModel(saved_unet, params, meta["task"], meta)
+    logging.info("loaded %s weights of step %s (%s) from %s", weights, meta.get("step"), meta.get("task"), step_dir)
+    return LoadedModel(saved_unet, params, meta["task"], {**meta, "weights": weights})
 
 
 def trained_z_factor(loaded: LoadedModel, z_factor: int, declared: int | None = None) -> tuple[int, str]:

@@ -40,6 +40,8 @@ class SamplingFlags:
     def __init__(self, item: str):
         from absl import flags
 
+        from emdiffuse_jax.data.intensity import PREDICTION_MODES
+
         self.num_samples = flags.DEFINE_integer(
             "num_samples", 2, f"Samples K per {item}; K >= 2 gives the uncertainty.")
         self.sampler = flags.DEFINE_enum("sampler", "ddpm", ["ddpm", "ddim", "dpm"], "Reverse-diffusion sampler.")
@@ -55,8 +57,10 @@ class SamplingFlags:
         self.threshold = flags.DEFINE_float(
             "threshold", 0.12, f"Uncertainty score above which the {item} is flagged.")
         self.normalization = flags.DEFINE_enum(
-            "normalization", "auto", ["auto", "uint8", "minmax", "percentile"],
-            "Intensity mapping to [-1, 1]; auto = uint8 for 8-bit input, else percentile.")
+            "normalization", "auto", list(PREDICTION_MODES),
+            "Intensity mapping (docs/data.md section 2). auto = the checkpoint's intensity contract (outputs in "
+            "the training targets' units), or per image without one; match = the input's own range onto the "
+            "training inputs' range; uint8|minmax|percentile = per image, outputs in the input's units.")
         self.batch_per_device = flags.DEFINE_integer(
             "batch_per_device", 4, "Rows (tiles x samples) per device per call (halves on out-of-memory).")
         self.voxel_size = flags.DEFINE_list(
@@ -184,3 +188,10 @@ def _config_override_error_line(args: Sequence[str], err: Exception) -> str:
                 return f"--{override}: the config has no field {field}{hint}"
             node = node[key]
     return f"bad config override: {' '.join(str(err).split())}"
+
+
+def define_weights_flag():
+    """--weights=ema|online for the prediction commands (checkpointing.load_model's choice)."""
+    return absl_flags.DEFINE_enum("weights", "ema", ["ema", "online"],
+                             "Which parameters of a training checkpoint predict: the EMA (default) or the online "
+                             "(optimizer) weights. A reference .pth holds one set: choose the file instead.")

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from emdiffuse_jax import checkpointing, inference, restore, train, train_config
-from emdiffuse_jax.data import degrade, io, phantom
+from emdiffuse_jax.data import degrade, intensity, io, phantom
 
 # Far from the seeds the training pipeline draws its phantoms from, so the test image is unseen.
 TEST_IMAGE_SEED = 987_654
@@ -62,7 +62,7 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 600, num_samples: int 
     restorer = restore.make_restorer(loaded, spec)
     output = workdir / "demo_output"
     report = restore.restore_files(restorer, noisy_path, output, task="denoise", num_samples=num_samples,
-                                   tile=64, overlap=16, log=log,
+                                   tile=64, overlap=16, log=log, intensity=intensity.from_meta(loaded.meta),
                                    settings={"checkpoint": str(workdir.resolve()),
                                              "checkpoint_step": loaded.meta.get("step"), "sampler": sampler,
                                              "sampler_steps": sampler_steps})

@@ -1,10 +1,12 @@
 """File-level 2D restoration runs: read images, predict with self-assessment, write every output and a report.
 
 For each input image `<name>` the output folder receives
-  <name>_mean.tif         the restored image (mean of K samples) in the input's dtype and intensity range
+  <name>_mean.tif         the restored image (mean of K samples) in the training targets' units and dtype
+                          (the checkpoint's intensity contract, data/intensity.py; per-image modes and
+                          checkpoints without a contract: the input's)
   <name>_std.tif          per-pixel std of the K samples, float32, [0, 1] units (fraction of the range)
   <name>_reliability.tif  local uncertainty score (std box-averaged over `window` px), float32, [0, 1] units
-  <name>_samples.tif      the K individual samples (input dtype), only with keep_samples
+  <name>_samples.tif      the K individual samples (same units as the mean), only with keep_samples
   <name>_{input,mean,std,reliability}.png   8-bit previews (reliability: white = reliable, black = above
                           the threshold)
 and report.json lists settings, per-image and per-tile scores, flags, threshold and timings. Every file is
@@ -29,6 +31,7 @@ import jax
 import numpy as np
 
 from emdiffuse_jax import inference, models, run_state, uncertainty
+from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, normalize
 from emdiffuse_jax.diffusion import objectives
 
@@ -188,25 +191,33 @@ def _open_output(output: pathlib.Path, names: list[str], run_settings: dict, log
     return None, done
 
 
-def _load_checked(name: str, load: Callable[[], np.ndarray], input_path: pathlib.Path, normalization: str):
+def _load_checked(name: str, load: Callable[[], np.ndarray], input_path: pathlib.Path,
+                  intensity: intensity_lib.Intensity | None, normalization: str, harmonize: bool):
     """One input image and its intensity mapping, or a DataError naming it."""
     raw = load()
     if raw.ndim != 2:
         raise io.DataError(f"{input_path} ({name}): expected a 2D image, got shape {raw.shape}")
-    mode = normalization if normalization != "auto" else ("uint8" if raw.dtype == np.uint8 else "percentile")
     try:
-        return raw, normalize.fit_normalization(raw, mode)
+        mapping = intensity_lib.prediction_mapping(raw, intensity, normalization, name=f"{input_path} ({name})")
     except ValueError as err:
         raise io.DataError(f"{input_path} ({name}): {err}") from err
+    if harmonize and mapping.input != mapping.target:
+        raise ValueError("--harmonize matches each sample's brightness to its input's, but this model maps "
+                         "inputs and targets differently (its intensity contract: the brightness change "
+                         "is learned), so harmonising would undo it; run without --harmonize")
+    return raw, mapping
 
 
 def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike, *,
                   task: str, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
                   harmonize: bool = False, keep_samples: bool = False, normalization: str = "auto",
                   threshold: float = uncertainty.DEFAULT_THRESHOLD, window: int = 64,
-                  settings: dict | None = None, voxel_size=None, log: Callable[[str], None] = print) -> dict:
+                  intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
+                  voxel_size=None, log: Callable[[str], None] = print) -> dict:
     """Restores every image of `input_path` into the folder `output`; returns (and writes) the report.
 
+    intensity: the checkpoint's contract (`intensity.from_meta(loaded.meta)`); normalization: a mode of
+    `intensity.prediction_mapping` ('auto' = the contract, or per-image when there is none).
     voxel_size: the input's pixel size (y, x), or (z, y, x) for a stack, in nm, overriding its metadata.
     """
     if task not in ("denoise", "superres"):
@@ -218,7 +229,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     items = list_inputs(input_path)
     _check_unique_names(items, input_path)
     for name, load in items:   # every input readable and usable before anything is written
-        _load_checked(name, load, input_path, normalization)
+        _load_checked(name, load, input_path, intensity, normalization, harmonize)
     depth = _stack_depth(input_path)
     sizes = _input_voxel_sizes(input_path, [name for name, _ in items])
     if voxel_size is not None:
@@ -246,19 +257,20 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
             images.append(done[name])
             continue
         t0 = time.perf_counter()
-        raw, params = _load_checked(name, load, input_path, normalization)
-        pred = inference.predict_image(restorer, normalize.apply_normalization(raw, params),
+        raw, mapping = _load_checked(name, load, input_path, intensity, normalization, harmonize)
+        pred = inference.predict_image(restorer, mapping.input_to_model(raw),
                                        jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
                                        overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
                                        upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})",
                                        progress=lambda done, total: log(f"  {name}: {done}/{total} tile samples"))
-        mean = normalize.denormalize(np.clip(pred.mean, -1, 1), params)
+        mean = mapping.output_from_model(pred.mean)
         std = (pred.std / 2.0).astype(np.float32)
         files = {f"{name}_mean.tif": mean, f"{name}_std.tif": std}
         in_size = sizes[name]
         out_size = _output_voxel_size(in_size, task)
         entry = {"name": name, "input_shape": list(raw.shape), "output_shape": list(mean.shape),
-                 "dtype": str(raw.dtype), "normalization": params.to_dict(), "tiles": pred.num_tiles,
+                 "dtype": str(raw.dtype), "output_dtype": str(mean.dtype),
+                 intensity_lib.META_KEY: mapping.to_dict(), "tiles": pred.num_tiles,
                  "voxel_size_nm": {"input": None if in_size is None else list(in_size),
                                    "output": None if out_size is None else list(out_size)}}
         if depth is not None:
@@ -270,7 +282,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         else:
             entry.update(score=None, reliable=None, threshold=threshold, tile_scores=None)
         if keep_samples:
-            files[f"{name}_samples.tif"] = normalize.denormalize(np.clip(pred.samples, -1, 1), params)
+            files[f"{name}_samples.tif"] = mapping.output_from_model(pred.samples)
         pixel = None if out_size is None else out_size[-2:]
         for fname, array in files.items():
             in_stack = depth is not None and not fname.endswith("_samples.tif")
@@ -292,8 +304,8 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
         log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
             f"{entry['seconds']:.1f} s{flag}")
-    if depth is not None:
-        _assemble_stacks(stack_parts, output, input_path.stem, [name for name, _ in items], out_size)
+    if depth is not None:   # (sizes, not the loop's out_size: a resumed run may have no image left to do)
+        _assemble_stacks(stack_parts, output, input_path.stem, names, _output_voxel_size(sizes[names[-1]], task))
     report = {"settings": run_settings,
               "score_definition": "mean over pixels of the per-pixel std of the K samples, intensities in [0, 1]; "
                                   "flagged unreliable when score > threshold",
@@ -301,6 +313,14 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     _write_atomic(output / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     (output / PROGRESS).unlink()
     return report
+
+
+def _report_mapping(entry: dict) -> intensity_lib.Intensity:
+    """The intensity mapping a report entry was written with (reports before the contract: 'normalization',
+    one per-image map for input and output)."""
+    if intensity_lib.META_KEY in entry:
+        return intensity_lib.Intensity.from_dict(entry[intensity_lib.META_KEY])
+    return intensity_lib.Intensity.shared(normalize.NormParams.from_dict(entry["normalization"]))
 
 
 def _assemble_stacks(parts: pathlib.Path, output: pathlib.Path, stem: str, names: list[str], voxel_size) -> None:
@@ -325,14 +345,28 @@ def _read_output(predictions: pathlib.Path, entry: dict, kind: str) -> np.ndarra
     return io.read_image(predictions / f"{entry['name']}_{kind}.tif")
 
 
-def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.PathLike, block: int):
-    """Held-out (mean, std, target) in [0, 1] units as (N, block, block) arrays, from a predict.py output.
+CALIBRATION_UNITS = ("auto", "image", "block")
+MIN_IMAGES_AS_UNITS = 20   # 'auto' calibrates on whole images from this many on
+
+
+def load_calibration_units(predictions: str | os.PathLike, target: str | os.PathLike, unit: str = "auto",
+                           block: int = 64, log: Callable[[str], None] = print):
+    """Held-out (mean, std, target) in [0, 1] units as (N, h, w) arrays, one row per calibration unit, and
+    the unit used ('image' or 'block'), from a predict.py output.
 
     predictions: the output folder of `restore_files` (needs report.json, <name>_mean.tif, <name>_std.tif,
     i.e. K >= 2); target: the ground-truth image, stack or folder, whose images match the predicted ones by
-    name and shape. Every image is cut into non-overlapping block x block squares (incomplete border
-    squares are dropped); each square is one calibration unit.
+    name and shape. Prediction and ground truth are both put in [0, 1] units by the output (target) map
+    the prediction was written with, the units of the std map.
+    unit: 'image' = each whole image is one unit (images must share a shape); 'block' = every image is cut
+    into non-overlapping block x block squares (incomplete border squares dropped), each one unit;
+    'auto' = 'image' with at least MIN_IMAGES_AS_UNITS images of one shape, else 'block'. RCPS treats the
+    units as independent draws: whole held-out images (from different places) come close to that; blocks
+    of the same few images do not (neighbouring blocks share structure, noise and model errors), so their
+    guarantee is only as good as that assumption, and a warning says so.
     """
+    if unit not in CALIBRATION_UNITS:
+        raise ValueError(f"calibration unit must be one of {CALIBRATION_UNITS}, got {unit!r}")
     predictions = pathlib.Path(predictions)
     report_path = predictions / "report.json"
     if not report_path.exists():
@@ -347,22 +381,35 @@ def load_calibration_blocks(predictions: str | os.PathLike, target: str | os.Pat
     if missing:
         raise io.DataError(f"{target}: no ground truth for predicted images {missing[:5]}; name the targets "
                            "like the inputs given to predict.py")
-    means, stds, gts = [], [], []
+    images = []
     for name, entry in entries.items():
         if entry.get("score") is None:
             raise io.DataError(f"{predictions}: {name} was predicted with K=1; calibration needs K >= 2")
-        params = normalize.NormParams.from_dict(entry["normalization"])
+        mapping = _report_mapping(entry)
         mean = _read_output(predictions, entry, "mean")
         std = _read_output(predictions, entry, "std").astype(np.float64)
         gt = targets[name]()
         if gt.shape != mean.shape:
             raise io.DataError(f"{target} ({name}): ground truth shape {gt.shape} differs from the prediction "
                                f"{mean.shape}")
-        unit = lambda x: (normalize.apply_normalization(x, params).astype(np.float64) + 1.0) / 2.0  # noqa: E731
+        images.append((name, mapping.target_to_unit(mean), std, mapping.target_to_unit(gt)))
+    shapes = {m.shape for _, m, _, _ in images}
+    if unit == "auto":
+        unit = "image" if len(images) >= MIN_IMAGES_AS_UNITS and len(shapes) == 1 else "block"
+    if unit == "image":
+        if len(shapes) > 1:
+            raise io.DataError(f"{predictions}: images of different shapes {sorted(shapes)[:3]} cannot be "
+                               "calibration units together; crop them to one size or use --unit=block")
+        return tuple(np.stack([img[k] for img in images]) for k in (1, 2, 3)) + ("image",)
+    log(f"calibrating on {block} px blocks of {len(images)} image(s): RCPS assumes the blocks are independent, "
+        "which blocks of the same images are not; the guarantee holds only as far as that is true (calibrate on "
+        f"at least {MIN_IMAGES_AS_UNITS} held-out images to use whole images as units)")
+    means, stds, gts = [], [], []
+    for name, mean, std, gt in images:
         h, w = (mean.shape[0] // block) * block, (mean.shape[1] // block) * block
         if h == 0 or w == 0:
             raise io.DataError(f"{predictions} ({name}): image {mean.shape} smaller than the {block} px block")
-        for arr, out in ((unit(mean), means), (std, stds), (unit(gt), gts)):
+        for arr, out in ((mean, means), (std, stds), (gt, gts)):
             out.append(arr[:h, :w].reshape(h // block, block, w // block, block).swapaxes(1, 2)
                        .reshape(-1, block, block))
-    return np.concatenate(means), np.concatenate(stds), np.concatenate(gts)
+    return np.concatenate(means), np.concatenate(stds), np.concatenate(gts), "block"

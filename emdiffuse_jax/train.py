@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
+from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io
 from emdiffuse_jax.diffusion import objectives, schedules
 from emdiffuse_jax.optim import make_optimizer
@@ -86,10 +87,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
     if not 0 <= config.data.val_fraction < 1:
         raise ValueError(f"config.data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    checkpointing.check_weights(config.eval.weights)
 
 
-def build_sources(config: ml_collections.ConfigDict):
-    """Train and held-out validation sources of the data pipeline; logs which data is used."""
+def build_sources(config: ml_collections.ConfigDict, intensity: Any = None):
+    """Train and held-out validation sources of the data pipeline; logs which data is used.
+
+    intensity: the contract to map the data with (a resumed checkpoint's); None fits one on the training
+    split. The validation source always uses the training source's contract.
+    """
     from emdiffuse_jax.data.pipeline import build_train_source
 
     input_path = config.data.input_path or None
@@ -98,8 +104,9 @@ def build_sources(config: ml_collections.ConfigDict):
                   z_factor=config.data.z_factor if config.task in VEM_TASKS else None,
                   val_fraction=config.data.val_fraction, normalization=config.data.normalization or None,
                   degrade=config.data.degrade or None)
-    train = build_train_source(config.task, input_path, target_path, split="train", **kwargs)
-    val = build_train_source(config.task, input_path, target_path, split="validation", **kwargs)
+    train = build_train_source(config.task, input_path, target_path, split="train", intensity=intensity, **kwargs)
+    val = build_train_source(config.task, input_path, target_path, split="validation",
+                             intensity=train.intensity, **kwargs)
     if input_path is None:
         log.info("training data: built-in synthetic phantoms (config.data.input_path is empty): %s", train)
     else:
@@ -208,7 +215,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if config.init_from and not Path(config.init_from).exists():
         raise FileNotFoundError(f"config.init_from {config.init_from} does not exist; pass a trained workdir, a "
                                 "checkpoint step folder or a reference .pth")
-    train_source, val_source = build_sources(config)   # bad data fails here, before the workdir is touched
+    # The data (with the intensity contract a resumed run's checkpoints store) is opened before the workdir
+    # is touched, so bad data leaves nothing behind.
+    newest = checkpointing.newest_readable_meta(workdir / checkpointing.CHECKPOINT_DIR)
+    stored = newest[1].get(intensity_lib.META_KEY) if newest is not None else None
+    train_source, val_source = build_sources(config, intensity_lib.Intensity.from_dict(stored) if stored else None)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
 
@@ -229,8 +240,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode)
     ckpt.check_compatible(identity)
     restored = ckpt.restore_newest_complete(parallel.with_sharding(abstract, shardings))
+    contract = {} if train_source.intensity is None else {intensity_lib.META_KEY: train_source.intensity.to_dict()}
     if is_main:  # only once the workdir is known to fit this configuration
-        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(config.to_dict()), indent=2))
+        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable({**config.to_dict(), **contract}),
+                                                        indent=2))
+    if train_source.intensity is None:
+        log.warning("the training data carries no intensity contract (a prepared dataset written before it "
+                    "existed): checkpoints will not store one and prediction falls back to per-image mapping; "
+                    "prepare the dataset again to fix this")
+    else:
+        log.info("intensity contract: input %s, target %s", _describe(train_source.intensity.input),
+                 _describe(train_source.intensity.target))
     latest = None if restored is None else restored[0]
     if restored is not None:
         state = restored[1]
@@ -247,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     step = int(jax.device_get(state.step))
     meta = {**identity, "z_factor": int(config.data.z_factor) if vem else None,
-            "patch_size": int(config.data.patch_size), "config": config.to_dict()}
+            "patch_size": int(config.data.patch_size), "config": config.to_dict(), **contract}
     if step >= config.num_steps:
         log.info("workdir already at step %d >= num_steps %d; nothing to do", step, config.num_steps)
         ckpt.close()
@@ -328,6 +348,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return state
 
 
+def _describe(params: Any) -> str:
+    return f"{params.mode} [{params.lo:g}, {params.hi:g}] -> [-1, 1] ({params.dtype})"
+
+
 def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
     """This process's rows of the global batches from start_step on, prepared ahead in a thread."""
     from emdiffuse_jax.data.pipeline import iterate_batches
@@ -336,12 +360,24 @@ def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
                            process_count=jax.process_count(), global_batch=config.batch_size, prefetch=2)
 
 
+def _weights(state: TrainState, which: str) -> Any:
+    return state.ema_params if which == "ema" else state.params
+
+
 def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.Array, step: int,
                     config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
+    """Scores config.eval.weights (these metrics rank the best checkpoint); with eval.compare_weights also
+    the other weights, on the same batch and key, returned as <other>_<metric>."""
     t0 = time.time()
-    metrics, mean, std = validate(state.ema_params, val_batch, jax.random.fold_in(eval_key, step))
+    key = jax.random.fold_in(eval_key, step)
+    primary = config.eval.weights
+    metrics, mean, std = validate(_weights(state, primary), val_batch, key)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    log.info("validation at step %d (EMA weights, %d sampler steps, %.1f s): %s", step,
+    if config.eval.compare_weights:
+        other = "online" if primary == "ema" else "ema"
+        extra, _, _ = validate(_weights(state, other), val_batch, key)
+        metrics.update({f"{other}_{k}": float(v) for k, v in jax.device_get(extra).items()})
+    log.info("validation at step %d (%s weights, %d sampler steps, %.1f s): %s", step, primary,
              config.eval.sample_steps, time.time() - t0, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if writer is not None:
         for name, value in metrics.items():

@@ -48,7 +48,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=5e-5, warmup_steps=1000, grad_clip_norm=0.0, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.0))
-    c.ema_decay = 0.9999
+    c.ema_decay = 0.9999          # with a warm-up: min(ema_decay, (1 + s) / (10 + s)) at step s
     c.compute_dtype = "float32"   # "bfloat16": bf16 activations/weights in the step, float32 master params
 
     c.batch_size = 16             # global batch over all devices and processes
@@ -63,6 +63,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
         sample_steps=200,         # test-schedule steps of the validation sampler (notebooks use 200)
         num_samples=2,            # samples per image: mean is scored, their std is shown
         num_images=2,             # validation images written to TensorBoard
+        weights="ema",            # ema | online: the weights validation scores and the best checkpoint ranks
+        compare_weights=False,    # also score the other weights and log them as val_<other>_<metric>
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 16))
@@ -90,6 +92,7 @@ def apply_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 50
     c.eval.every_steps = 100
     c.eval.sample_steps = 10
+    c.eval.compare_weights = True   # cheap at this size: log EMA and online validation side by side
     return c
 
 

@@ -1,4 +1,5 @@
-"""The pure training step: noise-prediction loss, Adam update, EMA update (reference sections 3.2-3.3).
+"""The pure training step: noise-prediction loss, Adam update, EMA update with warm-up (reference sections
+3.2-3.3; the warm-up is ours, see train_state.ema_decay_at).
 
 The random key of step s is fold_in(base_key, s), so the stream depends only on the seed and the step
 count (never stored, identical after a resume). Optional bfloat16 compute: the float32 master parameters
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from emdiffuse_jax.diffusion import objectives
-from emdiffuse_jax.train_state import TrainState, ema_update
+from emdiffuse_jax.train_state import TrainState, ema_decay_at, ema_update
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas: Any, *, vem: bool,
@@ -55,7 +56,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, gammas
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params,
-                                  ema_params=ema_update(state.ema_params, params, ema_decay), opt_state=opt_state)
+                                  ema_params=ema_update(state.ema_params, params, ema_decay_at(state.step, ema_decay)),
+                                  opt_state=opt_state)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}

@@ -116,14 +116,19 @@ def hb_upper_bound(risk: float, n: int, delta: float) -> float:
     """Hoeffding-Bentkus (1 - delta) upper confidence bound on a mean loss in [0, 1] from its empirical value.
 
     The bound is the smallest mu >= risk for which the better of the Hoeffding tail exp(-n KL(min(risk, mu) || mu))
-    and the Bentkus tail e * P(Binomial(n, mu) <= n * risk) falls to delta; 1 when no such mu exists.
+    and the Bentkus tail e * P(Binomial(n, mu) <= ceil(n * risk)) falls to delta; 1 when no such mu exists.
+    The ceiling matters when n * risk is fractional (losses are fractions of pixels, not 0/1): rounding down
+    would make the tail smaller and the bound optimistic (Bates et al. 2021, "Distribution-free,
+    risk-controlling prediction sets", Hoeffding-Bentkus bound).
     """
     if not (0 <= risk <= 1 and n >= 1 and 0 < delta < 1):
         raise ValueError(f"need risk in [0,1], n >= 1, delta in (0,1); got {risk}, {n}, {delta}")
 
+    successes = np.ceil(n * risk - 1e-9)  # (tolerance: risk = k / n computed in floating point stays k)
+
     def log_tail(mu):
         hoeffding = -n * _h1(min(risk, mu), mu)
-        bentkus = np.log(max(stats.binom.cdf(np.floor(n * risk), n, mu), 1e-300)) + 1.0
+        bentkus = np.log(max(stats.binom.cdf(successes, n, mu), 1e-300)) + 1.0
         return min(hoeffding, bentkus) - np.log(delta)
 
     top = 1 - 1e-10

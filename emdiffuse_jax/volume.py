@@ -39,7 +39,8 @@ import jax
 import numpy as np
 
 from emdiffuse_jax import inference, run_state, uncertainty
-from emdiffuse_jax.data import io, normalize, ome_zarr, tiling
+from emdiffuse_jax.data import intensity as intensity_lib
+from emdiffuse_jax.data import io, ome_zarr, tiling
 
 FORMATS = ("tiff", "tiff-slices", "ome-zarr")   # "zarr" is accepted for "ome-zarr"
 _FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"), "ome-zarr": ("mean.zarr", "std.zarr")}
@@ -114,17 +115,19 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                 z_factor: int, *, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
                 harmonize: bool = False, fmt: str = "tiff", normalization: str = "auto",
                 threshold: float = uncertainty.DEFAULT_THRESHOLD, dataset: str | None = None,
-                settings: dict | None = None, voxel_size=None, log: Callable[[str], None] = print) -> dict:
+                intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
+                voxel_size=None, log: Callable[[str], None] = print) -> dict:
     """Reconstructs the isotropic volume of `input_path` into the folder `output`; returns the report.
 
     settings: extra JSON-able run settings (checkpoint, its step, sampler...) stored with the progress.
     What identifies the run (every setting, the input's files by size and modification time, and the
     digest of every input slice) is recorded at the start; a resume that differs in any of them is refused
     with what differs, so slabs of two runs never mix. A rerun of a finished run returns its report.
-    normalization: 'auto' ('uint8' for 8-bit input, else 'percentile'), or a mode of `data.normalize`.
-    voxel_size: the input's (z, y, x) in nm, overriding what its metadata says (None: read it; axes still
-    unknown are left out of the output's metadata). A Z far from the voxel size's z / xy ratio is warned
-    about (the output will not be isotropic).
+    intensity: the checkpoint's contract (`intensity.from_meta`); normalization: a mode of
+    `intensity.prediction_mapping` ('auto' = the contract, or per volume when there is none); generated
+    slices are written in the input volume's dtype. voxel_size: the input's (z, y, x) in nm, overriding what
+    its metadata says (None: read it; axes still unknown are left out of the output's metadata). A Z far
+    from the voxel size's z / xy ratio is warned about (the output will not be isotropic).
     """
     fmt = "ome-zarr" if fmt == "zarr" else fmt
     if fmt not in FORMATS:
@@ -153,14 +156,16 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     # One pass over the input before anything is written: every slice is readable, and what was read is
     # recorded (a digest per slice), so a resume can prove it continues on the very same data.
     digests = [_slice_digest(volume[z]) for z in range(n)]
-    mode = normalization if normalization != "auto" else ("uint8" if volume.dtype == np.uint8 else "percentile")
-    params = normalize.fit_normalization(volume, mode)
+    try:
+        mapping = intensity_lib.prediction_mapping(volume, intensity, normalization, name=str(input_path))
+    except ValueError as err:
+        raise io.DataError(f"{input_path}: {err}") from err
     run_settings = run_state.as_json(
         {"input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
          "input_digest": hashlib.sha256("".join(digests).encode()).hexdigest()[:16],
          "shape": [n, height, width], "z_factor": z_factor, "num_samples": num_samples, "seed": seed,
          "tile": tile, "overlap": overlap, "harmonize": harmonize, "format": fmt,
-         "normalization": params.to_dict(), "voxel_size_nm": list(in_voxel), **(settings or {})})
+         intensity_lib.META_KEY: mapping.to_dict(), "voxel_size_nm": list(in_voxel), **(settings or {})})
     if (output / "report.json").exists():
         report = run_state.read_json(output / "report.json", "report", f"delete {output} and run again")
         diff = run_state.settings_difference(report.get("settings", {}), run_settings)
@@ -191,7 +196,7 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     shape = (depth, height, width)
     if "report" not in progress:   # not yet finalising
         report = _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt,
-                                    params, out_voxel, num_samples=num_samples, seed=seed, tile=tile,
+                                    mapping, out_voxel, num_samples=num_samples, seed=seed, tile=tile,
                                     overlap=overlap, harmonize=harmonize, log=log)
         scores = report["slab_scores"]
         progress["report"] = {"settings": run_settings, **report, "threshold": threshold,
@@ -206,7 +211,7 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     return progress["report"]
 
 
-def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, params, out_voxel,
+def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, mapping, out_voxel,
                        *, num_samples, seed, tile, overlap, harmonize, log) -> dict:
     """Computes every slab not yet listed in progress['done'] into partial/ (the volumes complete); returns
     the report body. Every slice read must still have the digest of the first pass (`digests`)."""
@@ -230,7 +235,7 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
             continue
         t0 = time.perf_counter()
         first, second = read(i), read(i + 1)
-        earlier, later = (normalize.apply_normalization(v, params) for v in (first, second))
+        earlier, later = (mapping.input_to_model(v) for v in (first, second))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
                                          harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}",
@@ -239,7 +244,7 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
         mean_store.write(i * z_factor, first)
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):
-            mean_store.write(i * z_factor + c + 1, normalize.denormalize(np.clip(pred.mean[c], -1, 1), params))
+            mean_store.write(i * z_factor + c + 1, mapping.output_from_model(pred.mean[c], volume.dtype))
             std_store.write(i * z_factor + c + 1, std_unit[c])
         std_store.write(i * z_factor, zero)
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None

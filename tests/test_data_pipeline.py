@@ -166,10 +166,22 @@ def test_prefetching_iterator_yields_the_same_batches_from_any_start_step():
 def test_16_bit_pairs_smaller_than_a_patch_are_padded_and_percentile_normalised(tmp_path):
     rng = np.random.default_rng(5)
     clean = rng.integers(20000, 40000, (3, 50, 40), dtype=np.uint16)
+    clean[2] += 20000  # the held-out slice is brighter: it must not move the training contract
     tifffile.imwrite(tmp_path / "clean.tif", clean, photometric="minisblack")
     tifffile.imwrite(tmp_path / "noisy.tif", clean // 2 + 100, photometric="minisblack")
     src = build_train_source("denoise", tmp_path / "noisy.tif", tmp_path / "clean.tif", patch_size=64,
                              val_fraction=0.34)
-    assert src.norm[0].mode == "percentile" and src.norm[0].dtype == np.dtype(np.uint16).str
+    contract = src.intensity
+    assert contract.target.mode == "percentile" and contract.target.dtype == np.dtype(np.uint16).str
+    # dataset-level percentiles of the two training slices, input and target each in its own units
+    lo, hi = np.percentile(clean[:2].astype(float), [0.1, 99.9])
+    np.testing.assert_allclose([contract.target.lo, contract.target.hi], [lo, hi], rtol=1e-3)
+    np.testing.assert_allclose([contract.input.lo, contract.input.hi], [lo / 2 + 100, hi / 2 + 100], rtol=1e-3)
+    val = build_train_source("denoise", tmp_path / "noisy.tif", tmp_path / "clean.tif", patch_size=64,
+                             val_fraction=0.34, split="validation")
+    assert val.intensity == contract
     b = src.batch(0, 0, 0, 1, 2)
     assert b["cond"].shape == (2, 64, 64, 1) and -1 <= b["target"].min() and b["target"].max() <= 1
+    vb = val.batch(0, 0, 0, 1, 1)
+    assert vb["target"].min() > 0.5  # the brighter held-out slice, read in the training units
+    np.testing.assert_allclose(vb["cond"], vb["target"], atol=0.01)  # input and target agree after mapping

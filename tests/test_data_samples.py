@@ -98,3 +98,25 @@ def test_section_thickness_averages_the_conditioning_slices_only():
     geo2 = samples.TripletVolume(vol2, "vem_i", patch_size=8)
     c2, _ = samples.triplet(geo2, first=0, z=3, y=0, x=0, size=8, thickness=3, bounds=(0, 6))
     assert c2[0, 0, 1] == 60  # slices (1, 0, 1) mirrored at the start: (90 + 0 + 90) / 3
+
+
+def test_super_resolution_inputs_are_blurred_at_low_resolution_then_upsampled_as_the_reference():
+    from scipy import ndimage
+
+    from emdiffuse_jax.data.degrade import upsample2_bilinear
+
+    low = np.zeros((16, 16, 1), np.float32)
+    low[8, 8] = 1.0   # an impulse at the 16 px input resolution of a 32 px target
+    target = np.zeros((32, 32, 1), np.float32)
+    c, t = samples.augment(low, target, np.random.default_rng(0), blur_channels=(0,), p=1.0)  # blur, flip, rot90
+    # the reference: Gaussian blur sigma 3 of the low-resolution input, then the x2 resize
+    reference = upsample2_bilinear(ndimage.gaussian_filter(low[..., 0].astype(np.float64), 3.0, mode="reflect",
+                                                           truncate=3.0))
+    expected = np.rot90(reference[::-1])
+    assert c.shape == (32, 32, 1) and t.shape == (32, 32, 1)
+    np.testing.assert_allclose(c[..., 0], expected, atol=1e-6)
+    # blurring after the upsampling would be half as wide (sigma 3 at the high resolution)
+    after = np.rot90(ndimage.gaussian_filter(upsample2_bilinear(low[..., 0]), 3.0, mode="reflect", truncate=3.0)[::-1])
+    assert np.abs(c[..., 0] - after).max() > 0.1 * c.max()
+    width = lambda img: np.sum(img.sum(axis=0) > 0.5 * img.sum(axis=0).max())  # noqa: E731
+    assert width(c[..., 0]) >= 1.6 * width(after)   # half-maximum width: 14 px vs 8 px

@@ -117,6 +117,23 @@ def test_psnr_of_a_known_offset_and_generated_slices_only():
     assert report["settings"]["data_range"] == [0.0, 255.0]
 
 
+def test_a_stack_of_2d_images_gets_no_axial_measures():
+    truth = np.random.default_rng(0).integers(0, 255, (10, 32, 32)).astype(np.uint8)
+    row = compare.evaluate(truth, {"p": truth})["rows"][0]
+    assert row["images"] == 10 and "frc_xz" not in row and "psnr_by_distance" not in row
+
+
+def test_input_slices_kept_is_checked_without_ground_truth():
+    truth = np.random.default_rng(0).integers(0, 200, (9, 16, 16)).astype(np.uint8)
+    changed = truth.copy()
+    changed[4] += 7                                    # an input slice (4 = 1 * Z) was altered
+    report = compare.evaluate(truth, {"kept": truth, "changed": changed}, inputs=truth[::4], z_factor=4)
+    assert [r["input_max_abs_diff"] for r in report["rows"]] == [0.0, 7.0]
+    assert "input kept (max diff)" in compare.markdown_table(report)
+    with pytest.raises(ValueError, match="give the input the reconstruction was made from"):
+        compare.evaluate(truth, {"kept": truth}, inputs=truth[::2], z_factor=4)
+
+
 def test_z_factor_must_fit_the_depth():
     truth = np.zeros((10, 16, 16), np.uint8)
     with pytest.raises(ValueError, match=r"\(N - 1\) \* 4 \+ 1"):

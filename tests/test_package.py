@@ -57,6 +57,8 @@ def test_wheel_ships_every_config_program_the_command_and_the_licence(wheel):
     for name in command.programs():
         assert f"emdiffuse_jax/programs/{name}.py" in names
     assert "emdiffuse = emdiffuse_jax.command:main" in entry_points
+    assert "emdiffuse_jax/napari_plugin/napari.yaml" in names   # the napari plugin's manifest, and its hook:
+    assert "[napari.manifest]\nemdiffuse_jax = emdiffuse_jax.napari_plugin:napari.yaml" in entry_points
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: MIT" in metadata and "Project-URL: Homepage" in metadata
     assert "Classifier: Topic :: Scientific/Engineering :: Image Processing" in metadata
@@ -166,3 +168,15 @@ def test_usage_errors_are_one_line(args, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"{message} (--help lists the flags)"]
     assert not list(tmp_path.iterdir())   # nothing written
+
+
+def test_predict_with_a_volume_model_points_to_isotropic(tmp_path):
+    from test_predict_launch import TINY, save_checkpoint
+
+    vem = save_checkpoint(tmp_path / "vem", "vem_a", {**TINY, "in_channel": 3, "vem": True}, z_factor=2)
+    (tmp_path / "img.tif").write_bytes(b"")   # never read: the checkpoint is refused first
+    result = _run([sys.executable, str(ROOT / "launch" / "predict.py"), "--task=denoise", f"--checkpoint={vem}",
+                   f"--input={tmp_path / 'img.tif'}", f"--output={tmp_path / 'out'}"])
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert "is a volume (vem_a) model: reconstruct volumes with `emdiffuse isotropic`" in line

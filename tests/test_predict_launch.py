@@ -130,7 +130,7 @@ def test_a_stack_in_gives_stacks_out_with_the_pixel_size_and_calibrates(denoise_
     assert not list(out.glob("s_z*_mean.tif")) and not list(out.glob(".*"))   # no per-slice files left over
     assert [e["name"] for e in report["images"]] == ["s_z0000", "s_z0001", "s_z0002"]
     assert report["images"][1]["voxel_size_nm"]["output"] == [30.0, 5.0, 5.0]
-    mean, std, target = restore.load_calibration_blocks(out, path, block=16)   # reads pages of the stacks
+    mean, std, target, unit = restore.load_calibration_units(out, path, "block", 16, log=lambda _: None)  # pages
     assert mean.shape == std.shape == target.shape == (3 * 2 * 3, 16, 16)
     # Super-resolution halves the pixel size; an explicit voxel size overrides the (absent) metadata.
     tifffile.imwrite(tmp_path / "lr.tif", stack[0])

@@ -89,3 +89,25 @@ def test_calibrate_threshold_recovers_the_separating_score():
 def test_calibrate_threshold_needs_both_classes():
     with pytest.raises(ValueError, match="tolerance"):
         unc.calibrate_threshold([0.1, 0.2], [0.01, 0.02], tolerance=0.5)
+
+
+def _hb_bound_by_bisection(risk, n, delta, rounding=np.ceil):
+    """An independent Hoeffding-Bentkus bound: bisection on the p-value min(Hoeffding, Bentkus) = delta,
+    Bentkus with P(Binomial(n, mu) <= ceil(n risk)) as in Bates et al. (2021)."""
+    def p_value(mu):
+        a = min(risk, mu)
+        kl = (a * np.log(a / mu) if a > 0 else 0.0) + (1 - a) * np.log((1 - a) / (1 - mu))
+        return min(np.exp(-n * kl), np.e * stats.binom.cdf(rounding(n * risk), n, mu))
+
+    lo, hi = risk, 1 - 1e-10
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if p_value(mid) > delta else (lo, mid)
+    return hi
+
+
+@pytest.mark.parametrize("risk, n", [(0.113, 50), (0.0371, 200), (0.25, 30), (0.35, 10)])
+def test_hb_upper_bound_matches_an_independent_implementation_with_fractional_n_risk(risk, n):
+    ours = unc.hb_upper_bound(risk, n, 0.1)
+    np.testing.assert_allclose(ours, _hb_bound_by_bisection(risk, n, 0.1), atol=1e-7)
+    assert ours > _hb_bound_by_bisection(risk, n, 0.1, np.floor) + 1e-4  # rounding down was optimistic

@@ -76,6 +76,34 @@ def test_load_model_returns_the_ema_weights_of_the_newest_checkpoint(runs):
     assert step_dir.meta["step"] == 3
 
 
+def test_the_ema_is_valid_from_the_first_steps_and_validation_scores_both_weights(runs):
+    config = tiny_config()   # ema_decay 0.9: without the warm-up 0.9^6 = 53 % of the initial weights would remain
+    init = models.init_params(models.unet_config(config.model), jax.random.fold_in(jax.random.key(config.seed), 0))
+    state = runs["state_full"]
+    flat = lambda tree: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])  # noqa: E731
+    ema, online, start = flat(state.ema_params), flat(state.params), flat(init)
+    assert np.linalg.norm(ema - online) < 0.5 * np.linalg.norm(ema - start)
+    val = [e for e in read_metrics(runs["full"] / "metrics.jsonl") if "val_psnr" in e]
+    assert all(np.isfinite(e["val_online_psnr"]) for e in val)
+
+
+def test_load_model_gives_the_online_weights_on_request_and_both_predict(runs):
+    from emdiffuse_jax import inference, restore
+
+    online = checkpointing.load_model(runs["full"], task="denoise", weights="online")
+    ema = checkpointing.load_model(runs["full"], task="denoise")
+    assert online.meta["weights"] == "online" and ema.meta["weights"] == "ema"
+    for a, b in zip(jax.tree.leaves(online.params), jax.tree.leaves(runs["state_full"].params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    image = np.linspace(-1, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    means = [inference.predict_image(restore.make_restorer(m, inference.SamplerSpec("ddim", 2)), image,
+                                     jax.random.key(0), num_samples=1, tile=32, overlap=8).mean
+             for m in (online, ema)]
+    assert all(np.isfinite(m).all() for m in means) and np.abs(means[0] - means[1]).max() > 1e-4
+    with pytest.raises(ValueError, match="weights must be one of"):
+        checkpointing.load_model(runs["full"], weights="best")
+
+
 def test_load_model_refuses_a_checkpoint_of_another_task(runs):
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match="'denoise' model but task 'vem_i'"):
         checkpointing.load_model(runs["full"], task="vem_i")
@@ -92,7 +120,7 @@ def test_workdir_of_another_model_refuses_to_resume(runs, tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "build_sources", lambda config: stripe_sources(config, nan_at=4))
+    monkeypatch.setattr(train, "build_sources", lambda config, intensity=None: stripe_sources(config, nan_at=4))
     with pytest.raises(FloatingPointError, match="last good checkpoint .step 4."):
         train.train_and_evaluate(tiny_config(), str(tmp_path))
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -132,7 +160,7 @@ def test_sigterm_saves_the_current_step_and_stops_cleanly(tmp_path, monkeypatch)
 
     config = tiny_config()
     handler_before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(train, "build_sources", lambda c: (TerminatedSource("denoise", 32),
+    monkeypatch.setattr(train, "build_sources", lambda c, intensity=None: (TerminatedSource("denoise", 32),
                                                            StripeSource("denoise", 32, offset=10 ** 6)))
     state = train.train_and_evaluate(config, str(tmp_path))
     stopped = int(state.step)

@@ -7,6 +7,8 @@ programs (compiling the step dominates their run time on a CPU).
 import numpy as np
 
 from conftest import TINY_UNET
+from emdiffuse_jax.data.intensity import Intensity
+from emdiffuse_jax.data.normalize import NormParams
 from emdiffuse_jax.train_config import VEM_TASKS, apply_tiny, base_config
 
 
@@ -34,7 +36,10 @@ def tiny_config(task: str = "denoise"):
 
 class StripeSource:
     """Follows the data pipeline's contract (a pure function of seed, step and process) with cheap
-    synthetic stripes: a noisy condition and its clean target, or vEM slices around a shifted pattern."""
+    synthetic stripes: a noisy condition and its clean target, or vEM slices around a shifted pattern.
+    Its data is already in [-1, 1] float32: its intensity contract is the identity on that range."""
+
+    intensity = Intensity.shared(NormParams("minmax", -1.0, 1.0, np.dtype(np.float32).str))
 
     def __init__(self, task: str, patch_size: int, z_factor: int | None = None, offset: int = 0, nan_at=None):
         self.task, self.patch, self.z, self.offset, self.nan_at = task, patch_size, z_factor, offset, nan_at
@@ -56,7 +61,7 @@ class StripeSource:
         return {"cond": cond[rows].astype(np.float32), "target": target[rows].astype(np.float32)}
 
 
-def stripe_sources(config, nan_at=None):
+def stripe_sources(config, intensity=None, nan_at=None):
     z = config.data.z_factor if config.task in VEM_TASKS else None
     return (StripeSource(config.task, config.data.patch_size, z, nan_at=nan_at),
             StripeSource(config.task, config.data.patch_size, z, offset=10 ** 6))

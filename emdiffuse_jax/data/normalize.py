@@ -39,7 +39,7 @@ class NormParams:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
-def _sample(x: Any, max_values: int) -> np.ndarray:
+def sample_values(x: Any, max_values: int) -> np.ndarray:
     """All of a small array, or a strided subset of a large or lazy one (for fitting lo/hi)."""
     shape = x.shape
     total = int(np.prod(shape))
@@ -58,15 +58,22 @@ def _sample(x: Any, max_values: int) -> np.ndarray:
 def fit_normalization(x: Any, mode: str = "percentile", *, low: float = 0.1, high: float = 99.9,
                       clip: bool | None = None, max_values: int = 1 << 24) -> NormParams:
     """Parameters for `x` (numpy or lazy array-like); large inputs are fitted on a strided subset."""
+    return fit_values(x, mode, np.dtype(x.dtype), low=low, high=high, clip=clip, max_values=max_values)
+
+
+def fit_values(x: Any, mode: str, dtype: Any, *, low: float = 0.1, high: float = 99.9,
+               clip: bool | None = None, max_values: int = 1 << 24) -> NormParams:
+    """Parameters fitted on the values of `x` (an array, a lazy array or a flat pooled sample of several
+    images) for data of `dtype`; arrays over `max_values` values are fitted on a strided subset."""
     if mode not in MODES:
         raise ValueError(f"normalisation mode '{mode}' unknown; use one of {MODES}")
-    dtype = np.dtype(x.dtype)
+    dtype = np.dtype(dtype)
     if mode == "uint8":
         if dtype != np.uint8:
             raise ValueError(f"normalisation 'uint8' needs 8-bit data, got {dtype}; use 'minmax' or "
                              "'percentile' to keep 16-bit or float data at full precision")
         return NormParams("uint8", 0.0, 255.0, dtype.str, bool(clip) if clip is not None else False)
-    values = _sample(x, max_values).astype(np.float64, copy=False)
+    values = sample_values(x, max_values).astype(np.float64, copy=False)
     if not np.isfinite(values).all():
         raise ValueError("input holds NaN or infinite values; fill or mask them before normalising")
     if mode == "minmax":

@@ -23,8 +23,9 @@ from typing import Callable
 import numpy as np
 
 from emdiffuse_jax.data import degrade as degrade_lib
+from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, samples
-from emdiffuse_jax.data.normalize import NormParams, apply_normalization, fit_normalization
+from emdiffuse_jax.data.intensity import Intensity
 from emdiffuse_jax.data.phantom import phantom
 
 SPLITS = ("train", "validation")
@@ -35,24 +36,24 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x + 1.0) * 0.5
 
 
-def default_normalization(dtypes) -> str:
-    """'uint8' (the reference mapping) when all data is 8-bit, else 'percentile'."""
-    return "uint8" if all(np.dtype(d) == np.uint8 for d in dtypes) else "percentile"
-
-
 class TrainSource:
-    """A sampler plus the bookkeeping the trainer needs (channels, num_examples, normalisation)."""
+    """A sampler plus the bookkeeping the trainer needs (channels, num_examples, intensity contract).
+
+    `intensity` is the dataset-level contract (data.intensity) every sample was mapped with, fitted on the
+    training split and shared by the validation split; None only for prepared datasets written before
+    the contract existed (their examples carry per-image bounds).
+    """
 
     def __init__(self, task: str, split: str, patch_size: int, channels: tuple[int, int],
                  num_examples: int,
                  draw: Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]],
-                 blur_channels: tuple[int, ...], norm: list[NormParams], description: str):
+                 blur_channels: tuple[int, ...], intensity: Intensity | None, description: str):
         self.task = task
         self.split = split
         self.patch_size = patch_size
         self.channels = channels
         self.num_examples = num_examples
-        self.norm = norm
+        self.intensity = intensity
         self.description = description
         self._draw = draw
         self._blur_channels = blur_channels
@@ -65,7 +66,8 @@ class TrainSource:
         """Global sample `slot` of batch `step`: (cond (P, P, Cc), target (P, P, Ct)) float32.
 
         Random crops depend on (seed, step, slot) only; prepared datasets walk a per-epoch permutation by
-        the global sample number step * global_batch + slot.
+        the global sample number step * global_batch + slot. A half-resolution super-resolution input is
+        upsampled x2 here, after the augmentation's blur (the reference blurs at the low resolution).
         """
         seed = int(seed) % (1 << 63)  # numpy seeds must be non-negative (the reference's default is -1)
         rng = np.random.default_rng([seed, int(step), int(slot), _SPLIT_TAG[self.split]])
@@ -74,6 +76,8 @@ class TrainSource:
         cond, target = np.clip(cond, -1.0, 1.0), np.clip(target, -1.0, 1.0)
         if self.split == "train":
             cond, target = samples.augment(cond, target, rng, blur_channels=self._blur_channels)
+        elif cond.shape[0] != target.shape[0]:
+            cond = degrade_lib.upsample2_bilinear(cond).astype(np.float32)
         return cond, target
 
     def batch(self, seed: int, step: int, process_index: int = 0, process_count: int = 1,
@@ -91,8 +95,16 @@ class TrainSource:
 
 # ---------------------------------------------------------------------------------------------- 2D pairs
 
+def fit_pairs(pairs: list[samples.ImagePair], regions, mode: str | None) -> Intensity:
+    """The contract of 2D pairs, fitted on the training regions (targets; inputs where acquired)."""
+    targets = [pairs[i].target[y0:y1, x0:x1] for i, y0, y1, x0, x1 in regions]
+    inputs = [pairs[i].cond[y0 // pairs[i].scale:y1 // pairs[i].scale, x0 // pairs[i].scale:x1 // pairs[i].scale]
+              for i, y0, y1, x0, x1 in regions if pairs[i].cond is not None]
+    return intensity_lib.fit(targets, inputs, mode)
+
+
 def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fraction, normalization,
-                 degrade_spec, description) -> TrainSource:
+                 degrade_spec, description, contract: Intensity | None) -> TrainSource:
     p = patch_size
     if task == "superres" and p % 2:
         raise ValueError(f"super-resolution needs an even patch size, got {p}")
@@ -101,11 +113,15 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
     pairs = samples.pad_pairs(pairs, p)
     regions = samples.split_regions([q.target.shape for q in pairs], split, p, val_fraction, description,
                                     align=2 if task == "superres" else 1)
-    mode = normalization or default_normalization([q.target.dtype for q in pairs] +
-                                          [q.cond.dtype for q in pairs if q.cond is not None])
     used = sorted({r[0] for r in regions})
-    norms = {i: (fit_normalization(pairs[i].target, mode),
-                 fit_normalization(pairs[i].cond, mode) if pairs[i].cond is not None else None) for i in used}
+    if contract is None:
+        train_regions = regions if split == "train" else samples.split_regions(
+            [q.target.shape for q in pairs], "train", p, val_fraction, description,
+            align=2 if task == "superres" else 1)
+        try:
+            contract = fit_pairs(pairs, train_regions, normalization)
+        except ValueError as err:
+            raise io.DataError(f"{description}: {err}") from err
     degrade = None
     if any(pairs[i].cond is None for i in used):
         degrade = degrade_lib.parse_degradation(degrade_spec, task)
@@ -116,32 +132,28 @@ def _pair_source(task, pairs: list[samples.ImagePair], split, patch_size, val_fr
         r = regions[min(int(np.searchsorted(cum, rng.random(), side="right")), len(regions) - 1)]
         i, y0, y1, x0, x1 = r
         pair = pairs[i]
-        tnorm, cnorm = norms[i]
         y = int(rng.integers(y0, y1 - p + 1))
         x = int(rng.integers(x0, x1 - p + 1))
         if pair.scale == 2:
             y, x = y - y % 2, x - x % 2
-        target = apply_normalization(pair.target[y:y + p, x:x + p], tnorm)
-        if pair.cond is None:
+        target = contract.target_to_model(pair.target[y:y + p, x:x + p])
+        if pair.cond is None:  # degraded in target units (the input map is the target map)
             cond = degrade(_unit(target.astype(np.float64)), rng) * 2.0 - 1.0
         elif pair.scale == 2:
             h = p // 2
-            cond = apply_normalization(pair.cond[y // 2:y // 2 + h, x // 2:x // 2 + h], cnorm)
+            cond = contract.input_to_model(pair.cond[y // 2:y // 2 + h, x // 2:x // 2 + h])
         else:
-            cond = apply_normalization(pair.cond[y:y + p, x:x + p], cnorm)
-        if task == "superres" and cond.shape[0] != p:
-            cond = degrade_lib.upsample2_bilinear(cond)
-        return cond[..., None].astype(np.float32), target[..., None]
+            cond = contract.input_to_model(pair.cond[y:y + p, x:x + p])
+        return cond[..., None].astype(np.float32), target[..., None]  # half-size inputs upsampled by example()
 
     num = int(sum(((y1 - y0) // p) * ((x1 - x0) // p) for _, y0, y1, x0, x1 in regions))
-    norm_list = [norms[i][0] for i in used]
-    return TrainSource(task, split, p, (1, 1), num, draw, (0,), norm_list, description)
+    return TrainSource(task, split, p, (1, 1), num, draw, (0,), contract, description)
 
 
 # ---------------------------------------------------------------------------------------------- volumes
 
 def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization,
-                   description, section_thickness=1) -> TrainSource:
+                   description, section_thickness=1, contract: Intensity | None = None) -> TrainSource:
     if z_factor is None or z_factor < 2:
         raise ValueError(f"{task} needs z_factor >= 2 (slices generated between two inputs + 1), got {z_factor}")
     p, z = patch_size, int(z_factor)
@@ -153,18 +165,22 @@ def _volume_source(task, volume, split, patch_size, z_factor, val_fraction, norm
     if d1 - d0 < z + 1:
         raise io.DataError(f"{description}: the {split} part has {d1 - d0} slices along {axis}; "
                            f"a triplet for z_factor {z} needs {z + 1}")
-    mode = normalization or default_normalization([volume.dtype])
-    norm = fit_normalization(volume, mode)
+    if contract is None:  # inputs and targets are slices of one volume: one map, fitted on all of it
+        try:
+            contract = Intensity.shared(intensity_lib.fit_pooled([volume], normalization or
+                                                                 intensity_lib.default_mode([volume.dtype])))
+        except ValueError as err:
+            raise io.DataError(f"{description}: {err}") from err
 
     def draw(rng, seed, index):
         first = int(rng.integers(d0, d1 - z))  # inclusive of the last slice (reference bug 12 fixed)
         y = int(rng.integers(0, geo.height - p + 1))
         x = int(rng.integers(0, geo.width - p + 1))
         cond, target = samples.triplet(geo, first, z, y, x, p, section_thickness, (d0, d1))
-        return apply_normalization(cond, norm), apply_normalization(target, norm)
+        return contract.input_to_model(cond), contract.target_to_model(target)
 
     num = (d1 - d0 - z) * (geo.height // p) * (geo.width // p)
-    return TrainSource(task, split, p, (2, z - 1), num, draw, (0, 1), [norm], description)
+    return TrainSource(task, split, p, (2, z - 1), num, draw, (0, 1), contract, description)
 
 
 # ---------------------------------------------------------------------------------------------- prepared
@@ -189,11 +205,13 @@ def _prepared_source(task, path: pathlib.Path, split, patch_size, z_factor) -> T
         return np.random.default_rng([seed, epoch, 7]).permutation(n)
 
     def draw(rng, seed, index):  # epoch-wise shuffles: every example once per epoch
-        return tfds_builder.decode_example(ds[int(permutation(int(seed), index // n)[index % n])], task)
+        return tfds_builder.decode_example(ds[int(permutation(int(seed), index // n)[index % n])], task,
+                                           upsample=False)
 
     blur = (0, 1) if task in samples.VOLUME_TASKS else (0,)
-    return TrainSource(task, split, info["patch_size"], tuple(info["channels"]), n, draw, blur, [],
-                       f"prepared dataset {path}")
+    stored = info.get(intensity_lib.META_KEY)
+    return TrainSource(task, split, info["patch_size"], tuple(info["channels"]), n, draw, blur,
+                       Intensity.from_dict(stored) if stored else None, f"prepared dataset {path}")
 
 
 # ---------------------------------------------------------------------------------------------- builtin
@@ -235,7 +253,8 @@ def is_prepared(path: str | pathlib.Path | None) -> bool:
 def build_train_source(task: str, input_path=None, target_path=None, *, patch_size: int | None,
                        z_factor: int | None = None, split: str = "train", val_fraction: float = 0.1,
                        normalization: str | None = None, seed: int = 0, degrade: str | None = None,
-                       lazy: bool | None = None, section_thickness: int = 1) -> TrainSource:
+                       lazy: bool | None = None, section_thickness: int = 1,
+                       intensity: Intensity | None = None) -> TrainSource:
     """The training (or held-out validation) sample source for `task`.
 
     input_path: None = built-in phantoms; a dataset from launch/prepare.py (patch_size None = its own);
@@ -243,8 +262,11 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
     or a folder (with target_path, or an img/+gt/ or train_wf/+train_gt/ layout; clean images alone get
     inputs by the `degrade` spec, see degrade.parse_degradation); vEM tasks: a volume (TIFF stack, slice
     folder, Zarr, N5) - isotropic for vem_i, anisotropic for vem_a.
-    normalization: 'uint8' | 'minmax' | 'percentile' | None (uint8 data -> 'uint8', else 'percentile'),
-    fitted per image / volume. lazy: read volumes slice by slice (True), into memory (False), or by
+    normalization: 'uint8' | 'minmax' | 'percentile' | None (uint8 data -> 'uint8', else 'percentile'):
+    the mode of the intensity contract (data.intensity), fitted once on the training split of all images
+    (2D: targets and acquired inputs separately) or on the volume (vEM). intensity: a contract to use
+    instead of fitting one (the training source's, for validation; a resumed checkpoint's); prepared
+    datasets always use their own. lazy: read volumes slice by slice (True), into memory (False), or by
     size (None: lazy above 1 GiB). section_thickness (vEM): conditioning slices are the mean of that many
     slices (see samples.triplet).
     `seed` is accepted for symmetry with `batch`; the split itself never depends on it.
@@ -265,12 +287,12 @@ def build_train_source(task: str, input_path=None, target_path=None, *, patch_si
         else:
             volume, desc = io.read_volume(input_path, lazy=lazy), str(input_path)
         return _volume_source(task, volume, split, patch_size, z_factor, val_fraction, normalization, desc,
-                              section_thickness)
+                              section_thickness, intensity)
     if input_path is None:
         pairs, desc = synthetic_pairs(task, patch_size), "built-in phantom images"
     else:
         pairs, desc = samples.load_pairs(input_path, target_path, task), str(input_path)
-    return _pair_source(task, pairs, split, patch_size, val_fraction, normalization, degrade, desc)
+    return _pair_source(task, pairs, split, patch_size, val_fraction, normalization, degrade, desc, intensity)
 
 
 def iterate_batches(source: TrainSource, seed: int, start_step: int = 0, *, process_index: int = 0,

@@ -20,9 +20,10 @@ from typing import Iterator
 import numpy as np
 
 from emdiffuse_jax.data import degrade as degrade_lib
+from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, samples, tfds_builder
-from emdiffuse_jax.data.normalize import apply_normalization, denormalize, fit_normalization
-from emdiffuse_jax.data.pipeline import default_normalization, synthetic_pairs, synthetic_volume
+from emdiffuse_jax.data.normalize import apply_normalization, denormalize
+from emdiffuse_jax.data.pipeline import fit_pairs, synthetic_pairs, synthetic_volume
 from emdiffuse_jax.data.register import register_pair, register_superres
 from emdiffuse_jax.data.tiling import axis_origins
 
@@ -84,10 +85,11 @@ def _cast_like(x: np.ndarray, dtype) -> np.ndarray:
     return x.astype(dtype)
 
 
-def _pair_examples(pairs, patch, overlap, regions, norms, degrade, seed, register, min_std,
+def _pair_examples(pairs, patch, overlap, regions, contract, degrade, seed, register, min_std,
                    rejected, progress, registrations: dict) -> Iterator[dict]:
+    tnorm, cnorm = contract.target, contract.input
     for i, y0, y1, x0, x1 in regions:
-        pair, tnorm, cnorm = pairs[i], norms[i][0], norms[i][1]
+        pair = pairs[i]
         cond_img, valid = pair.cond, None
         if cond_img is not None and register:
             if i not in registrations:  # one image may feed both splits (train part, held-out strip)
@@ -192,7 +194,9 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         volume = synthetic_volume(task, p, z) if input_path is None else io.read_volume(input_path, lazy=None)
         geo = samples.TripletVolume(volume, task, p)
         cut, end = samples.holdout_range(geo.depth, val_fraction, z + 1, z + 1, f"{meta['source']}: depth")
-        norm = fit_normalization(volume, normalization or default_normalization([volume.dtype]))
+        contract = intensity_lib.Intensity.shared(intensity_lib.fit_pooled(
+            [volume], normalization or intensity_lib.default_mode([volume.dtype])))
+        norm = contract.target
         ranges = {"train": (0, cut), "validation": (cut, end)} if cut < end else {"train": (0, cut)}
         tiles = len(axis_origins(geo.height, p, overlap)) * len(axis_origins(geo.width, p, overlap))
         total = sum(len(range(a, b - z, z_stride)) for a, b in ranges.values()) * tiles
@@ -221,15 +225,13 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         if val_fraction > 0:
             split_regions["validation"] = samples.split_regions(shapes, "validation", p, val_fraction,
                                                                 meta["source"], align)
-        mode = normalization or default_normalization([q.target.dtype for q in pairs] +
-                                              [q.cond.dtype for q in pairs if q.cond is not None])
-        norms = {i: (fit_normalization(q.target, mode),
-                     fit_normalization(q.cond, mode) if q.cond is not None else None) for i, q in enumerate(pairs)}
+        contract = fit_pairs(pairs, split_regions["train"], normalization)
+        mode = contract.target.mode
         total = sum(len(axis_origins(y1 - y0, p, overlap)) * len(axis_origins(x1 - x0, p, overlap))
                     for regions in split_regions.values() for _, y0, y1, x0, x1 in regions)
         progress = Progress(total, f"{task}", stream) if show_progress else _Silent()
         registrations: dict = {}
-        splits = {name: (lambda regions=regions: _pair_examples(pairs, p, overlap, regions, norms, deg, seed,
+        splits = {name: (lambda regions=regions: _pair_examples(pairs, p, overlap, regions, contract, deg, seed,
                                                                 register, min_std, rejected, progress,
                                                                 registrations))
                   for name, regions in split_regions.items()}
@@ -239,6 +241,7 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         if any(q.target.dtype != dtype or (q.cond is not None and q.cond.dtype != dtype) for q in pairs):
             raise io.DataError(f"{meta['source']}: images have different dtypes; convert them to one")
         meta.update(channels=[1, 1], normalization=mode, degrade=getattr(deg, "spec", None))
+    meta[intensity_lib.META_KEY] = contract.to_dict()
     splits = {name: (lambda make=make, name=name: _nonempty(make(), name, meta["source"], rejected))
               for name, make in splits.items()}
     version_dir = tfds_builder.write_prepared(output, cond_shape=cond_shape, target_shape=target_shape,

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from emdiffuse_jax.data import io
+from emdiffuse_jax.data.degrade import upsample2_bilinear
 
 TASKS = ("denoise", "superres", "vem_i", "vem_a")
 VOLUME_TASKS = ("vem_i", "vem_a")
@@ -296,13 +297,20 @@ def split_regions(shapes: Sequence[tuple[int, int]], split: str, patch: int, val
 def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, blur_channels: Sequence[int],
             p: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Reference augmentations, each with probability p: Gaussian blur (sigma 3) of each input channel in
-    `blur_channels` independently, vertical flip of everything, rot90 (counter-clockwise) of everything."""
+    `blur_channels` independently, vertical flip of everything, rot90 (counter-clockwise) of everything.
+
+    A super-resolution input at half the target's size is blurred at that low resolution and then
+    upsampled x2 (bilinear), as the reference blurs its 128 px input before resizing it to 256 px; blurring
+    after upsampling would be half the reference's blur.
+    """
     draws = rng.random(len(blur_channels) + 2)
     blurred = [c for c, d in zip(blur_channels, draws) if d < p]
     if blurred:
         cond = cond.copy()  # never modify the caller's array
         for c in blurred:
             cond[..., c] = ndimage.gaussian_filter(cond[..., c], BLUR_SIGMA, mode="reflect", truncate=3.0)
+    if cond.shape[0] != target.shape[0]:
+        cond = upsample2_bilinear(cond).astype(np.float32)
     if draws[-2] < p:
         cond, target = cond[::-1], target[::-1]
     if draws[-1] < p:

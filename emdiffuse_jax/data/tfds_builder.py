@@ -1,13 +1,14 @@
 """Prepared datasets: a TFDS GeneratorBasedBuilder writing array_record, read back without TensorFlow.
 
 Each example is one training sample before augmentation, stored in the data's own dtype (16-bit stays
-16-bit) with the normalisation bounds of its image, so reading is exact and compact:
+16-bit) with the bounds of the dataset's intensity contract (data.intensity; older datasets: of its
+image), so reading is exact and compact:
   cond    (Pc, Pc, Cc)  input patch; Pc = P/2 for super-resolution with a half-resolution input
   target  (P, P, Ct)    target patch (vEM: the z-1 slices between the two inputs)
   cond_lo, cond_hi, target_lo, target_hi (float64), clip (bool): see normalize.NormParams
   name    text: source image and patch origin
-Dataset-level facts (task, patch size, channels, z_factor, normalisation, degradation, counts) are in the
-builder metadata. Reading: `tfds.builder_from_directory(dir).as_data_source()` (numpy, no TensorFlow).
+Dataset-level facts (task, patch size, channels, z_factor, normalisation mode, the intensity contract under
+"intensity", degradation, counts) are in the builder metadata. Reading: `tfds.builder_from_directory(dir).as_data_source()` (numpy, no TensorFlow).
 """
 
 from __future__ import annotations
@@ -140,14 +141,15 @@ def open_prepared(path: str | pathlib.Path, split: str):
     return sources[split], dict(builder.info.metadata)
 
 
-def decode_example(example: dict, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """A stored example -> (cond, target) float32 in [-1, 1]; half-resolution inputs upsampled x2."""
+def decode_example(example: dict, task: str, upsample: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A stored example -> (cond, target) float32 in [-1, 1]; half-resolution inputs upsampled x2 unless
+    `upsample` is False (the training pipeline upsamples after its low-resolution blur)."""
     clip = bool(example["clip"])
     dtype = np.dtype(example["target"].dtype).str
     cnorm = NormParams("stored", float(example["cond_lo"]), float(example["cond_hi"]), dtype, clip)
     tnorm = NormParams("stored", float(example["target_lo"]), float(example["target_hi"]), dtype, clip)
     cond = apply_normalization(example["cond"], cnorm)
     target = apply_normalization(example["target"], tnorm)
-    if task == "superres" and cond.shape[0] != target.shape[0]:
+    if upsample and task == "superres" and cond.shape[0] != target.shape[0]:
         cond = upsample2_bilinear(cond).astype(np.float32)
     return cond, target

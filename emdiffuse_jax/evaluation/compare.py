@@ -14,6 +14,9 @@ isotropic.py, in [0, 1] units of the intensity range).
   resolution) use whole XZ views, input slices included, restricted to the Fourier coefficients within 45
   degrees of the z axis (`fourier`, cone="axial").
 * PSNR, SSIM and MAE are means over the evaluated images (slices) of the per-image values.
+* With the anisotropic input (N slices) as well, each reconstruction is checked without ground truth: its
+  every Z-th slice, i.e. the output subsampled back to the input's spacing, must reproduce the input
+  (`input_max_abs_diff`, in the input's units; 0 for a reconstruction that keeps its input slices).
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def evaluate_one(name: str, prediction: np.ndarray, truth_unit: np.ndarray, data
     freqs, power = fourier.radial_power_spectrum(p)
     curves["spectrum_xy"] = (freqs.tolist(), power.tolist())
     row["hf_power_xy"] = fourier.band_power_ratio(p, t, band)
-    if len(pred) >= 8:   # XZ views (Y, Z, X) of the whole volume: the axial direction
+    if z_factor and len(pred) >= 8:   # an isotropic volume's XZ views (Y, Z, X): the axial direction
         axial_nm = voxel_size[2] if voxel_size and voxel_size[0] == voxel_size[2] else None
         pxz, txz = pred.transpose(1, 0, 2), truth_unit.transpose(1, 0, 2)
         frc_xz = fourier.frc(pxz, txz, cone="axial")
@@ -133,8 +136,18 @@ def evaluate_one(name: str, prediction: np.ndarray, truth_unit: np.ndarray, data
     return Evaluated(name, row, curves)
 
 
+def input_max_abs_diff(prediction: np.ndarray, inputs: np.ndarray, z_factor: int) -> float:
+    """Largest |prediction[::Z] - input| (input units): does re-subsampling the output return the input?"""
+    resampled = np.asarray(prediction)[::z_factor]
+    if resampled.shape != np.shape(inputs):
+        raise ValueError(f"the prediction subsampled by {z_factor} has shape {resampled.shape}, the input "
+                         f"{np.shape(inputs)}: give the input the reconstruction was made from")
+    return float(np.abs(resampled.astype(np.float64) - np.asarray(inputs, np.float64)).max())
+
+
 def evaluate(truth: np.ndarray, predictions: dict[str, np.ndarray], stds: dict[str, np.ndarray] | None = None,
-             *, data_range: tuple[float, float] | None = None, z_factor: int | None = None,
+             *, inputs: np.ndarray | None = None, data_range: tuple[float, float] | None = None,
+             z_factor: int | None = None,
              voxel_size: tuple[float, float, float] | None = None, block: int = 64,
              worst_fraction: float = blocks.WORST_FRACTION,
              band: tuple[float, float] = fourier.HIGH_FREQUENCY_BAND) -> dict:
@@ -150,9 +163,14 @@ def evaluate(truth: np.ndarray, predictions: dict[str, np.ndarray], stds: dict[s
     if data_range[1] <= data_range[0]:
         raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
     truth_unit = _unit(truth, data_range)
+    if inputs is not None and not z_factor:
+        raise ValueError("the input-consistency check needs z_factor (the input is every Z-th output slice)")
     results = [evaluate_one(name, np.asarray(pred), truth_unit, data_range, std=stds.get(name),
                             z_factor=z_factor, voxel_size=voxel_size, block=block,
                             worst_fraction=worst_fraction, band=band) for name, pred in predictions.items()]
+    if inputs is not None:
+        for r in results:
+            r.row["input_max_abs_diff"] = input_max_abs_diff(predictions[r.name], inputs, z_factor)
     freqs, power = fourier.radial_power_spectrum(truth_unit[generated_slices(len(truth_unit), z_factor)])
     settings = {"shape": list(truth.shape), "dtype": str(truth.dtype), "data_range": list(data_range),
                 "z_factor": z_factor, "voxel_size_nm": list(voxel_size) if voxel_size else None,
@@ -182,9 +200,11 @@ def markdown_table(report: dict) -> str:
     rows = report["rows"]
     has_std = any("score_error" in r for r in rows)
     has_xz = any("frc_xz" in r for r in rows)
+    has_input = any("input_max_abs_diff" in r for r in rows)
     head = ["prediction", "PSNR (dB)", "SSIM", "MAE", "FRC XY"] + (["FRC XZ"] if has_xz else []) + \
         ["HF power XY"] + (["HF power XZ"] if has_xz else []) + \
-        (["mean score", "Spearman", f"AUC worst {report['settings']['worst_fraction']:.0%}"] if has_std else [])
+        (["mean score", "Spearman", f"AUC worst {report['settings']['worst_fraction']:.0%}"] if has_std else []) + \
+        (["input kept (max diff)"] if has_input else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["mae"], 4), _frc_text(r["frc_xy"])]
@@ -197,6 +217,8 @@ def markdown_table(report: dict) -> str:
             se = r.get("score_error")
             cells += ([_fmt(r["mean_score"], 4), _fmt(se["spearman"]), _fmt(se["auc_worst"])] if se
                       else ["-", "-", "-"])
+        if has_input:
+            cells.append(_fmt(r.get("input_max_abs_diff"), 1))
         lines.append("| " + " | ".join(cells) + " |")
     s = report["settings"]
     notes = [f"Intensities in [0, 1] units of the data range {s['data_range'][0]:g}..{s['data_range'][1]:g}; "

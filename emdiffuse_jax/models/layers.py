@@ -58,15 +58,20 @@ def _dense(features: int, name: str, dtype: Any, zero_init: bool = False) -> nn.
 
 
 class EmbedMLP(nn.Module):
-    """Linear -> SiLU -> Linear: the noise-level (and slice-index) embedding MLP."""
+    """Linear -> SiLU -> Linear: the noise-level (and slice-index) embedding MLP, always in float32.
+
+    Under a bfloat16 compute dtype (8-bit mantissa) the sinusoidal features of nearby noise levels round to
+    the same values: 0.9995 and 0.9999, where the last sampling steps live, would give identical
+    embeddings. The MLP is a negligible share of the network's work, so it stays float32 whatever the
+    compute dtype, and its float32 output is what the residual blocks receive.
+    """
 
     features: int
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, e):
-        e = _dense(self.features, "dense_0", self.dtype)(e)
-        return _dense(self.features, "dense_2", self.dtype)(nn.silu(e))
+        e = _dense(self.features, "dense_0", jnp.float32)(e.astype(jnp.float32))
+        return _dense(self.features, "dense_2", jnp.float32)(nn.silu(e))
 
 
 def downsample(x):

@@ -28,10 +28,10 @@ class UNet(nn.Module):
         groups = cfg.norm_groups
         attention_levels = cfg.attention_levels
 
-        emb = EmbedMLP(cfg.emb_channels, dt, name="cond_embed")(
+        emb = EmbedMLP(cfg.emb_channels, name="cond_embed")(
             sinusoidal_embedding(gamma, cfg.inner_channel))
         if cfg.vem:
-            slice_emb = EmbedMLP(cfg.emb_channels, dt, name="channel_embed")(
+            slice_emb = EmbedMLP(cfg.emb_channels, name="channel_embed")(
                 sinusoidal_embedding(slice_index, cfg.inner_channel))
             emb = jnp.concatenate([emb, slice_emb], axis=-1)
 

@@ -1,19 +1,22 @@
 """Calibrates the uncertainty of a model on held-out pairs.
 
   emdiffuse calibrate --predictions=PRED_DIR --target=GT_IMAGE_STACK_OR_FOLDER --output=DIR
-      [--tolerance=0.05] [--alpha=0.1] [--delta=0.1] [--block=64]
+      [--tolerance=0.05] [--alpha=0.1] [--delta=0.1] [--unit=auto|image|block] [--block=64]
 
 PRED_DIR: what `emdiffuse predict` (K >= 2) wrote for the held-out inputs. From a checkout:
 python launch/calibrate.py with the same flags.
 
 (a) Risk-controlling pixel intervals: the scale lam such that [mean - lam std, mean + lam std] misses at most
-    a fraction alpha of the pixels, with probability 1 - delta (Hoeffding-Bentkus bound over the blocks).
-(b) The uncertainty-score threshold that best separates blocks whose mean absolute error (in [0, 1] units)
+    a fraction alpha of the pixels, with probability 1 - delta (Hoeffding-Bentkus bound over the units).
+(b) The uncertainty-score threshold that best separates units whose mean absolute error (in [0, 1] units)
     exceeds --tolerance from the others (Youden's J), with its ROC AUC.
+Units are whole images (default with >= 20 images of one shape) or blocks; the bound assumes independent
+units, which blocks of the same images are not (see docs/prediction.md).
 Writes calibration.json and calibration.png (score vs error with the threshold; interval risk vs lam).
 """
 
 import json
+import sys
 
 import numpy as np
 from absl import app, flags
@@ -23,10 +26,12 @@ from emdiffuse_jax import cli
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "Output folder of `emdiffuse predict` (K >= 2).")
 _TARGET = flags.DEFINE_string("target", None, "Ground truth matching the predicted images (same names/shapes).")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for calibration.json and calibration.png.")
-_TOLERANCE = flags.DEFINE_float("tolerance", 0.05, "Error tolerance: block MAE in [0, 1] units.")
+_TOLERANCE = flags.DEFINE_float("tolerance", 0.05, "Error tolerance: unit (image or block) MAE in [0, 1] units.")
 _ALPHA = flags.DEFINE_float("alpha", 0.1, "Tolerated fraction of pixels outside their interval.")
 _DELTA = flags.DEFINE_float("delta", 0.1, "Allowed probability that the interval guarantee fails.")
-_BLOCK = flags.DEFINE_integer("block", 64, "Calibration unit: square blocks of this many pixels.")
+_UNIT = flags.DEFINE_enum("unit", "auto", ["auto", "image", "block"],
+                          "Calibration unit: whole images, blocks, or auto (images when >= 20, else blocks).")
+_BLOCK = flags.DEFINE_integer("block", 64, "Block size in pixels when the units are blocks.")
 flags.mark_flags_as_required(["predictions", "target", "output"])
 
 
@@ -107,13 +112,18 @@ def main(argv):
         if foreign:
             raise io.DataError(f"{out} holds files calibrate.py does not write ({', '.join(foreign[:3])}); choose a "
                                "new or empty output folder (a rerun replaces only calibration.json/.png)")
-        mean, std, target = restore.load_calibration_blocks(_PREDICTIONS.value, _TARGET.value, _BLOCK.value)
+        mean, std, target, unit = restore.load_calibration_units(_PREDICTIONS.value, _TARGET.value, _UNIT.value,
+                                                                 _BLOCK.value, log=lambda m: print(m, file=sys.stderr))
         scores = std.reshape(len(std), -1).mean(axis=1)
         errors = np.abs(mean - target).reshape(len(mean), -1).mean(axis=1)
         rcps = uncertainty.rcps_calibrate(mean, std, target, alpha=_ALPHA.value, delta=_DELTA.value)
         thr = uncertainty.calibrate_threshold(scores, errors, _TOLERANCE.value)
         out.mkdir(parents=True, exist_ok=True)
-        result = {"blocks": len(scores), "block": _BLOCK.value, "units": "[0, 1] intensity units",
+        result = {"unit": unit, "num_units": len(scores), "block": _BLOCK.value if unit == "block" else None,
+                  "independence": "RCPS assumes independent units" + (
+                      "; blocks of the same images are correlated, so the guarantee is approximate"
+                      if unit == "block" else ""),
+                  "intensity_units": "[0, 1] (the output map of the predictions)",
                   "intervals": {"lambda": rcps.lam, "empirical_miss_rate": rcps.risk,
                                 "upper_bound": rcps.upper_bound, "alpha": rcps.alpha, "delta": rcps.delta,
                                 "n": rcps.n},

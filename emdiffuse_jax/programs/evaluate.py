@@ -8,7 +8,7 @@ Each --prediction is NAME=PATH (repeatable; one row of the table), each --std NA
 of that name. Paths: a 2D image, a TIFF stack, a folder of slices, Zarr or N5, all of the truth's shape.
 Writes DIR/metrics.json, DIR/metrics.md (PSNR, SSIM, MAE, FRC resolution at 1/7 in pixels and nm, the
 high-frequency power kept, and for predictions with a std: Spearman(block score, block error) and the ROC
-AUC for flagging the worst blocks) and PNG plots (frc.png, spectrum.png, score_vs_error.png; these need
+AUC for flagging the worst blocks; with --input, whether the input slices are kept) and PNG plots (frc.png, spectrum.png, score_vs_error.png; these need
 matplotlib: pip install "emdiffuse_jax[plots]"). See docs/evaluation.md.
 """
 
@@ -25,6 +25,8 @@ _PREDICTION = flags.DEFINE_multi_string("prediction", None, "NAME=PATH of a pred
 _STD = flags.DEFINE_multi_string("std", [], "NAME=PATH of the per-pixel std of prediction NAME (optional).")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for metrics.json, metrics.md and the plots.")
 _Z = flags.DEFINE_integer("z_factor", None, "Isotropic reconstruction: score only the generated slices.")
+_INPUT = flags.DEFINE_string("input", None, "With --z_factor: the anisotropic input; checks that every Z-th "
+                             "output slice reproduces it (needs no ground truth).")
 _VOXEL = flags.DEFINE_list("voxel_size", None, "Voxel size Z,Y,X in nm (gives FRC resolutions in nm).")
 _RANGE = flags.DEFINE_list("data_range", None, "LO,HI intensity range (default: dtype range for integers).")
 _BLOCK = flags.DEFINE_integer("block", 64, "Block size in pixels for score vs error.")
@@ -79,11 +81,12 @@ def main(argv):
             if std_arrays[name].shape != truth.shape:
                 raise ValueError(f"{path}: std of {name!r} has shape {std_arrays[name].shape}, the truth "
                                  f"{truth.shape}")
-        report = compare.evaluate(truth, loaded, std_arrays, data_range=data_range, z_factor=_Z.value,
+        inputs = compare.read_images(_INPUT.value) if _INPUT.value else None
+        report = compare.evaluate(truth, loaded, std_arrays, inputs=inputs, data_range=data_range, z_factor=_Z.value,
                                   voxel_size=voxel, block=_BLOCK.value, worst_fraction=_WORST.value)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    report["settings"].update(truth=_TRUTH.value, predictions=predictions, stds=stds)
+    report["settings"].update(truth=_TRUTH.value, predictions=predictions, stds=stds, input=_INPUT.value)
     output.mkdir(parents=True, exist_ok=True)
     for fname, text in (("metrics.json", json.dumps(report, indent=1)), ("metrics.md", compare.markdown_table(report))):
         tmp = output / f".{fname}.tmp"

@@ -29,6 +29,7 @@ _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr"
                             "Output: tiff = one multi-page ImageJ TIFF per volume (Fiji shows the scale); "
                             "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
                             "0.4) with a multiscale pyramid.")
+_WEIGHTS = cli.define_weights_flag()
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
@@ -37,7 +38,7 @@ def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((3,))
     from emdiffuse_jax import checkpointing, restore, run_state, volume
-    from emdiffuse_jax.data import io
+    from emdiffuse_jax.data import intensity, io
     from emdiffuse_jax.user_errors import clean_exit
 
     if _Z.value < 2:
@@ -49,7 +50,7 @@ def main(argv):
         progress = volume.progress_file(_OUTPUT.value)
         step = run_state.recorded_checkpoint_step(progress)
         try:
-            loaded = checkpointing.load_model(_CHECKPOINT.value, step=step)
+            loaded = checkpointing.load_model(_CHECKPOINT.value, weights=_WEIGHTS.value, step=step)
         except FileNotFoundError as err:
             if step is None:
                 raise
@@ -67,11 +68,12 @@ def main(argv):
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
                            dataset=_DATASET.value, voxel_size=voxel_size,
+                           intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
                            settings={"checkpoint": str(checkpoint.resolve()),
                                      "checkpoint_step": loaded.meta.get("step"),
                                      "checkpoint_identity": io.file_identity(checkpoint)
                                      if checkpoint.is_file() else None,
-                                     "sampler": spec.to_dict(), "trained_z_factor": trained_z,
+                                     "weights": _WEIGHTS.value, "sampler": spec.to_dict(), "trained_z_factor": trained_z,
                                      "trained_z_factor_source": trained_z_source})
 
 
