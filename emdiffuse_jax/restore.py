@@ -139,12 +139,12 @@ def progress_file(output: str | os.PathLike) -> pathlib.Path:
 
 def _check_unique_names(items, input_path: pathlib.Path) -> None:
     """Two inputs with one name (a.tif and a.png) would write the same output files."""
-    seen: dict = {}
+    seen: set[str] = set()
     for name, _ in items:
         if name in seen:
             raise io.DataError(f"{input_path}: two images are both named '{name}' (e.g. {name}.tif and {name}.png); "
                                "their outputs would overwrite each other - rename one or move it to another folder")
-        seen[name] = True
+        seen.add(name)
 
 
 def _output_names(name: str) -> set[str]:
