@@ -40,7 +40,7 @@ import numpy as np
 
 from emdiffuse_jax import inference, run_state, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
-from emdiffuse_jax.data import io, ome_zarr, tiling
+from emdiffuse_jax.data import io, ome_zarr
 
 FORMATS = ("tiff", "tiff-slices", "ome-zarr")   # "zarr" is accepted for "ome-zarr"
 _FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"), "ome-zarr": ("mean.zarr", "std.zarr")}
@@ -112,7 +112,8 @@ def _slice_digest(plane: np.ndarray) -> str:
 
 
 def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike,
-                z_factor: int, *, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
+                z_factor: int, *, num_samples: int = 2, seed: int = 0, tile: int | None = None,
+                overlap: float | None = None,
                 harmonize: bool = False, fmt: str = "tiff", normalization: str = "auto",
                 threshold: float = uncertainty.DEFAULT_THRESHOLD, dataset: str | None = None,
                 intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
@@ -134,12 +135,12 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
     if z_factor < 2:
         raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
+    tile, overlap = restorer.resolve_tiling(tile, overlap)   # bad tile/overlap: fail before writing
     input_path = pathlib.Path(input_path)
     output = io.check_output_folder(output, [input_path])
     volume = io.read_volume(input_path, lazy=True, dataset=dataset)
     n, height, width = volume.shape
     depth = isotropic_depth(n, z_factor)
-    tiling.tile_origins((height, width), (tile, tile), overlap)   # bad tile/overlap: fail before writing
     in_voxel = tuple(voxel_size) if voxel_size is not None else io.read_voxel_size(input_path, dataset)
     if in_voxel is not None and len(in_voxel) != 3:
         raise ValueError(f"voxel_size needs three values (z, y, x) in nm, got {in_voxel}")
@@ -164,7 +165,7 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         {"input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
          "input_digest": hashlib.sha256("".join(digests).encode()).hexdigest()[:16],
          "shape": [n, height, width], "z_factor": z_factor, "num_samples": num_samples, "seed": seed,
-         "tile": tile, "overlap": overlap, "harmonize": harmonize, "format": fmt,
+         "tile": tile, "overlap": overlap, "tiling": restorer.tiling, "harmonize": harmonize, "format": fmt,
          intensity_lib.META_KEY: mapping.to_dict(), "voxel_size_nm": list(in_voxel), **(settings or {})})
     if (output / "report.json").exists():
         report = run_state.read_json(output / "report.json", "report", f"delete {output} and run again")
@@ -229,7 +230,8 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
 
     base_key = jax.random.key(seed)
     zero = np.zeros((height, width), np.float32)
-    start = time.perf_counter()
+    start, done_now = time.perf_counter(), 0
+    todo = sum(str(i) not in progress["done"] for i in range(n - 1))
     for i in range(n - 1):
         if str(i) in progress["done"]:
             continue
@@ -238,9 +240,7 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
         earlier, later = (mapping.input_to_model(v) for v in (first, second))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
-                                         harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}",
-                                         progress=lambda done, total: log(f"  slab {i + 1}: {done}/{total} "
-                                                                          "tile samples"))
+                                         harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}")
         mean_store.write(i * z_factor, first)
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):
@@ -250,7 +250,10 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None
         progress["done"][str(i)] = {"score": score, "seconds": time.perf_counter() - t0}
         run_state.write_json(partial / PROGRESS, progress)
-        log(f"slab {i + 1}/{n - 1} done in {time.perf_counter() - t0:.1f} s"
+        done_now += 1
+        log(f"slab {i + 1}/{n - 1}: " + inference.progress_line(done_now, todo, time.perf_counter() - start, restorer,
+                                                              pred.num_tiles, num_samples * (z_factor - 1))
+            + f", this slab {time.perf_counter() - t0:.1f} s"
             + (f", uncertainty {score:.4f}" if score is not None else ""))
     mean_store.write(depth - 1, read(n - 1))
     std_store.write(depth - 1, zero)

@@ -115,7 +115,7 @@ def test_killed_prediction_resumes_only_the_missing_images_and_matches(restorer,
 
     def kill_after_first(message):
         calls.append(message)
-        if message.startswith("[1/3]"):
+        if "[1/3]" in message:
             raise KeyboardInterrupt   # stands in for a kill right after image 1 was finished
 
     with pytest.raises(KeyboardInterrupt):
@@ -124,7 +124,7 @@ def test_killed_prediction_resumes_only_the_missing_images_and_matches(restorer,
     logs = []
     resumed = restore.restore_files(restorer, inp, out, task="denoise", tile=16, overlap=4, log=logs.append)
     assert "resuming: 1 of 3 images already done" in logs
-    assert not any(m.startswith("[1/3]") for m in logs)
+    assert not any("[1/3]" in m for m in logs)
     assert [e["score"] for e in resumed["images"]] == [e["score"] for e in reference["images"]]
     for name in ("a", "b", "c"):
         np.testing.assert_array_equal(tifffile.imread(out / f"{name}_mean.tif"),
@@ -136,7 +136,7 @@ def test_resume_after_the_input_changed_is_refused(restorer, tmp_path):
     out = tmp_path / "out"
 
     def kill(message):
-        if message.startswith("[1/2]"):
+        if "[1/2]" in message:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
