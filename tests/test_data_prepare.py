@@ -4,6 +4,7 @@ reads back without TensorFlow; registration rejections are counted with reasons;
 import hashlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -115,6 +116,9 @@ def test_prepare_script_shows_progress_and_summary(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "superres [" in run.stderr and "/s" in run.stderr
     assert "examples: train" in run.stdout and "rejected: 0" in run.stdout
+    # The closing hint is a real `emdiffuse train` command line for this dataset (flags train.py knows).
+    assert re.search(r"^train with: emdiffuse train --config=emdiffuse_r --workdir=runs/superres "
+                     r"--config\.data\.input_path=\S+ --config\.data\.patch_size=32$", run.stdout, re.M), run.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "launch" / "prepare.py"), "--task=denoise",
                           f"--input={tmp_path / 'missing'}", f"--output={tmp_path / 'o2'}"],
                          capture_output=True, text=True, env=env, timeout=300)
