@@ -44,9 +44,9 @@ _SECTIONS = flags.DEFINE_list("sections", ["forward", "train"], "Which of forwar
 _MEMORY = flags.DEFINE_bool("memory", True, "Measure peak memory per implementation in fresh subprocesses.")
 _IMAGE = flags.DEFINE_integer("image", 1024, "Image side of the time-to-result estimate.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Samples K per image of the time-to-result estimate.")
-_SAMPLER = flags.DEFINE_string(
-    "sampler", "dpm:20", "Our sampler:steps at the published 1000-step DDPM's quality (docs/prediction.md: "
-    "DPM-Solver++ at 20 steps is +0.13 dB PSNR against it on held-out FIB-SEM).")
+_SAMPLERS = flags.DEFINE_list(
+    "samplers", ["dpm:10", "dpm:20"], "Our sampler:steps settings at the published 1000-step DDPM's quality "
+    "(docs/prediction.md, held-out FIB-SEM: DPM-Solver++ 10 steps +0.20 dB PSNR, 20 steps +0.13 dB).")
 _JSON = flags.DEFINE_string("json", "compare.json", "Where to write all figures as JSON ('' = nowhere).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: IMPL:SECTION, run it once and print peak RSS.")
 
@@ -350,20 +350,24 @@ def _tiles_published(side: int, tile: int = 256, overlap: float = 0.125) -> int:
 
 
 def _time_to_result(forward_per_tile: dict) -> dict:
+    """Evaluations (tiles x K x steps) and their time (x measured s per tile evaluation) for one image."""
     from emdiffuse_jax.data import tiling
 
-    sampler, _, steps = _SAMPLER.value.partition(":")
-    steps = int(steps) if steps else {"ddpm": 1000, "ddim": 50, "dpm": 20}[sampler]
     side, k = _IMAGE.value, _NUM_SAMPLES.value
+    published_tiles = _tiles_published(side, _SIZE.value)
+    settings = [(PUBLISHED, "ddpm", PUBLISHED_TEST_STEPS, published_tiles)]
     ours_tiles = len(tiling.tile_origins((side, side), (_SIZE.value, _SIZE.value), 32))
-    rows = {OURS: {"tiles": ours_tiles, "steps": steps, "sampler": sampler,
-                   "evaluations": ours_tiles * k * steps}}
-    rows[PUBLISHED] = {"tiles": _tiles_published(side, _SIZE.value), "steps": PUBLISHED_TEST_STEPS,
-                       "sampler": "ddpm", "evaluations": _tiles_published(side, _SIZE.value) * k * 1000}
-    for name, row in rows.items():
+    for spec in _SAMPLERS.value:
+        sampler, _, steps = spec.partition(":")
+        settings.append((OURS, sampler, int(steps), ours_tiles))
+    rows = {}
+    for name, sampler, steps, tiles in settings:
+        row = {"implementation": name, "sampler": sampler, "steps": steps, "tiles": tiles,
+               "evaluations": tiles * k * steps}
         if name in forward_per_tile:
             row["s per evaluation"] = forward_per_tile[name]
             row["wall s"] = row["evaluations"] * forward_per_tile[name]
+        rows[f"{name}, {sampler} {steps}"] = row
     return rows
 
 
@@ -397,7 +401,7 @@ def _print_table(result: dict) -> None:
             r = sec[PUBLISHED]["median_s"] / sec[OURS]["median_s"]
             ratio = f" {r:.2f}x {'(we are faster)' if r > 1 else '(we are slower)'} |"
             if "peak_gib" in sec[OURS] and "peak_gib" in sec[PUBLISHED]:
-                ratio = ratio[:-1] + f"memory {sec[OURS]['peak_gib'] / sec[PUBLISHED]['peak_gib']:.2f}x |"
+                ratio = ratio[:-2] + f"; memory ours / published {sec[OURS]['peak_gib'] / sec[PUBLISHED]['peak_gib']:.2f}x |"
         print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
     setup = result["setup"]
     for name in names:
@@ -407,13 +411,15 @@ def _print_table(result: dict) -> None:
     if ttr:
         print(f"\nTime to result: one {result['image']} x {result['image']} image, K = {result['num_samples']} "
               f"(per-evaluation time = forward batch {result['forward_batch']} median above)")
-        for name, row in ttr.items():
+        published = next(row for row in ttr.values() if row["implementation"] == PUBLISHED)
+        for label, row in ttr.items():
             wall = f", {row['wall s'] / 60:.1f} min" if "wall s" in row else " (not measured)"
-            print(f"  {name}: {row['sampler']} {row['steps']} steps x {row['tiles']} tiles x K = "
-                  f"{row['evaluations']:,} evaluations{wall}")
-        if all("wall s" in row for row in ttr.values()):
-            print(f"  speed-up: {ttr[PUBLISHED]['wall s'] / ttr[OURS]['wall s']:.0f}x "
-                  f"(published crop covers only the full 256-px patches that fit)")
+            speedup = ""
+            if row is not published and "wall s" in row and "wall s" in published:
+                speedup = f"; speed-up {published['wall s'] / row['wall s']:.0f}x"
+            print(f"  {label}: {row['tiles']} tiles x K x {row['steps']} steps = {row['evaluations']:,} "
+                  f"evaluations{wall}{speedup}")
+        print("  (the published crop restores only the whole 256-px patches that fit: fewer tiles, edges left out)")
 
 
 def main(argv):

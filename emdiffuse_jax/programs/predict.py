@@ -7,12 +7,10 @@ Writes, per image, the mean (in the training targets' units and dtype: the check
 the std, the reliability map (for a TIFF stack: one multi-page TIFF each), with the input's pixel size, PNG
 previews and report.json (settings, per-image and per-tile uncertainty scores, flags, threshold, timings); see
 docs/prediction.md. Any image size: overlapping tiles are blended; images smaller than a tile are padded.
-Several processes (the hosts of a pod; --coordinator_address / --num_processes / --process_id where not
-detected) share the images of one input, writing into one output folder that they all see.
 (From a checkout: python launch/predict.py with the same flags.)
 """
 
-import sys
+import pathlib
 
 from absl import app, flags
 
@@ -27,22 +25,23 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output folder (must not overlap t
 _WEIGHTS = cli.define_weights_flag()
 _SAVE_SAMPLES = flags.DEFINE_bool("save_samples", False, "Also write the K individual samples.")
 flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
-_DISTRIBUTED = cli.DistributedFlags(mode_flag=True)
 
 
 def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((2, 3))
-    _DISTRIBUTED.initialize()   # before any other JAX call
-    import jax
+    from emdiffuse_jax import checkpointing, restore, run_state
+    from emdiffuse_jax.data import intensity, io
+    from emdiffuse_jax.user_errors import clean_exit
 
-    from emdiffuse_jax import checkpointing, restore
-    from emdiffuse_jax.data import intensity
-
-    try:
+    with clean_exit():  # bad input, checkpoint or disk: one line naming the file and the fix, no traceback
         spec = _SAMPLING.sampler_spec()
+        io.check_output_folder(_OUTPUT.value, [_INPUT.value])
+        # A resumed run keeps the checkpoint step it started with, even if training saved newer ones since.
+        step = run_state.recorded_checkpoint_step(restore.progress_file(_OUTPUT.value))
         try:
-            loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, weights=_WEIGHTS.value)
+            loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, weights=_WEIGHTS.value,
+                                              step=step)
         except checkpointing.IncompatibleCheckpointError:
             loaded = checkpointing.load_model(_CHECKPOINT.value)   # what it is instead, to say what to run
             if not loaded.unet.vem:
@@ -60,10 +59,9 @@ def main(argv):
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
             intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value), voxel_size=voxel_size,
-            settings={"checkpoint": _CHECKPOINT.value, "weights": _WEIGHTS.value, "sampler": spec.to_dict()},
-            log=print if jax.process_index() == 0 else (lambda line: None))
-    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
-        sys.exit(f"error: {err}")
+            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                      "checkpoint_step": loaded.meta.get("step"), "weights": _WEIGHTS.value,
+                      "sampler": spec.to_dict()})
 
 
 def run(argv=None):
