@@ -241,6 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     stored = checkpointing.read_meta(ckpt.directory / str(latest)).get(intensity_lib.META_KEY) \
         if latest is not None else None
     train_source, val_source = build_sources(config, intensity_lib.Intensity.from_dict(stored) if stored else None)
+    if latest is not None and stored is None and train_source.intensity is not None:
+        log.warning("resuming step %d, trained before the intensity contract existed (each image normalised by its "
+                    "own statistics): from now on the data is mapped with a contract fitted on the training set, "
+                    "so the model sees a changed intensity mapping; start a new workdir to train on one mapping",
+                    latest)
     if train_source.intensity is None:
         log.warning("the training data carries no intensity contract (a prepared dataset written before it "
                     "existed): checkpoints will not store one and prediction falls back to per-image mapping; "
