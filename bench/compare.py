@@ -19,7 +19,6 @@ project is timed (the table says so).
 """
 
 import importlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -97,11 +96,10 @@ def _median(values):
 # ------------------------------------------------------------------------------------ implementations
 
 def _model_config():
-    """The EMDiffuse-n network/optimizer/EMA settings of configs/emdiffuse_n.py, shared by both sides."""
-    spec = importlib.util.spec_from_file_location("compare_config", _ROOT / "configs" / "emdiffuse_n.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(None)
+    """The EMDiffuse-n network/optimizer/EMA settings of the shipped config, shared by both sides."""
+    from emdiffuse_jax.configs import emdiffuse_n
+
+    return emdiffuse_n.get_config(None)
 
 
 class Ours:
@@ -139,31 +137,21 @@ class Ours:
 
     def train(self, batch, size):
         import numpy as np
-        from emdiffuse_jax import models, parallel
-        from emdiffuse_jax.diffusion import schedules
-        from emdiffuse_jax.optim import make_optimizer
-        from emdiffuse_jax.train_state import create_train_state
-        from emdiffuse_jax.train_step import make_train_step
+        from emdiffuse_jax import parallel, train
 
         jax, config = self.jax, self.config
-        tx = make_optimizer(**config.optim.to_dict())
         mesh = parallel.make_mesh(-1, 1)
-        make_state = lambda k: create_train_state(models.init_params(self.unet, k), tx)
         t0 = time.perf_counter()
-        shardings = parallel.state_sharding(mesh, jax.eval_shape(make_state, jax.random.key(0)),
-                                            config.mesh.fsdp_min_size)
-        state = jax.block_until_ready(jax.jit(make_state, out_shardings=shardings)(jax.random.key(0)))
+        programs = train.programs_for(config, mesh)      # what launch/train.py builds and runs
+        state = jax.block_until_ready(programs.init(jax.random.key(0)))
         self.setup["train init s"] = time.perf_counter() - t0
         rng = np.random.default_rng(0)
         data = {"cond": rng.uniform(-1, 1, (batch, size, size, 1)).astype(np.float32),
                 "target": rng.uniform(-1, 1, (batch, size, size, 1)).astype(np.float32)}
         data = parallel.global_batch(data, parallel.batch_sharding(mesh))
-        gammas = schedules.make_schedule(**config.diffusion.train_schedule).gammas
-        step_fn = make_train_step(models.make_apply_fn(self.unet), tx, gammas, vem=False,
-                                  ema_decay=config.ema_decay)
         key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
         t0 = time.perf_counter()
-        compiled = parallel.jit_train_step(step_fn, mesh, shardings).lower(state, data, key).compile()
+        compiled = programs.train_step.lower(state, data, key).compile()
         self.setup["train compile s"] = time.perf_counter() - t0
         holder = [state]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
+import pathlib
 import re
 import runpy
 import sys
@@ -49,8 +51,18 @@ class SamplingFlags:
             "steps", None, "Network evaluations per sample (default ddpm 1000, ddim 50, dpm 20).")
         self.eta = flags.DEFINE_float("eta", 0.0, "DDIM noise scale in [0, 1] (0 = deterministic).")
         self.seed = flags.DEFINE_integer("seed", 0, "Random seed (results are reproducible for a given seed).")
-        self.tile = flags.DEFINE_integer("tile", 256, "Tile size in pixels (network input; multiple of 8).")
-        self.overlap = flags.DEFINE_integer("overlap", 32, "Tile overlap in pixels, blended smoothly.")
+        self.tile = flags.DEFINE_integer(
+            "tile", None, "Tile size in pixels (default: the model's training patch size; a multiple of the "
+            "network's down-sampling factor).")
+        self.overlap = flags.DEFINE_integer(
+            "overlap", None, "Tile overlap in pixels, below half the tile (default: tile / 4).")
+        self.tiling = flags.DEFINE_enum(
+            "tiling", "joint", ["joint", "independent"],
+            "joint: every sample is one whole image (network predictions blended at every step); independent: "
+            "tiles sampled on their own and blended afterwards (smoother samples along tile borders).")
+        self.memory_limit_gb = flags.DEFINE_float(
+            "memory_limit_gb", None, "Memory the sampler may plan for, GiB (default: 80% of the free memory: "
+            "host RAM on CPU, device memory on GPU/TPU).")
         self.harmonize = flags.DEFINE_bool(
             "harmonize", False, "Match each sample's low frequencies (Gaussian, tile / 8 px) to what the input "
             "implies (the input; for volumes the linear interpolation of the two slices).")
@@ -62,7 +74,8 @@ class SamplingFlags:
             "the training targets' units), or per image without one; match = the input's own range onto the "
             "training inputs' range; uint8|minmax|percentile = per image, outputs in the input's units.")
         self.batch_per_device = flags.DEFINE_integer(
-            "batch_per_device", 4, "Rows (tiles x samples) per device per call (halves on out-of-memory).")
+            "batch_per_device", None, "At most this many network rows (tiles x samples) per device per call "
+            "(default: as many as the memory plan allows; halves on out-of-memory).")
         self.voxel_size = flags.DEFINE_list(
             "voxel_size", None, "Input voxel size in nm, Z,Y,X (or Y,X for 2D images); default: from the input's "
             "metadata. Written to every output (isotropic: z / z_factor; superres: y, x halved).")
@@ -75,6 +88,8 @@ class SamplingFlags:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         if self.num_samples.value < 1:
             raise app.UsageError(f"--num_samples must be >= 1, got {self.num_samples.value}")
+        if self.memory_limit_gb.value is not None and self.memory_limit_gb.value <= 0:
+            raise app.UsageError(f"--memory_limit_gb must be positive, got {self.memory_limit_gb.value}")
 
     def voxel_size_nm(self, counts: tuple[int, ...]) -> tuple[float, ...] | None:
         """--voxel_size as floats (None when not given); a usage error unless it has one of `counts` values."""
@@ -96,12 +111,36 @@ class SamplingFlags:
 
         return inference.SamplerSpec(self.sampler.value, self.steps.value, eta=self.eta.value)
 
+    def restorer_options(self) -> dict:
+        """Keyword arguments of `restore.make_restorer`: tiling mode and memory planning."""
+        return dict(tiling=self.tiling.value, batch_per_device=self.batch_per_device.value,
+                    memory_limit_gb=self.memory_limit_gb.value)
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache, so a second run of the same command skips most of the
+    compilation (the EMDiffuse-n training step: about a minute on a 2-core CPU). Returns the cache folder.
+
+    Default folder: $XDG_CACHE_HOME/emdiffuse_jax/xla (~/.cache/emdiffuse_jax/xla). A set
+    JAX_COMPILATION_CACHE_DIR is left to JAX: it names another folder, or, set empty, turns the cache off.
+    Call before the first compilation.
+    """
+    import jax
+
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return os.environ["JAX_COMPILATION_CACHE_DIR"] or None
+    root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    folder = str(pathlib.Path(root) / "emdiffuse_jax" / "xla")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    return folder
+
 
 def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | None = None) -> None:
     """Runs the absl program `main`: ``--help`` shows `doc` and the program's own flags (those defined in
     emdiffuse_jax, e.g. the shared sampling flags, not only the script's); a bad flag, a mistyped config
     override or an ``app.UsageError`` ends in one line on stderr (exit code 2) instead of a traceback or
-    the whole docstring; libraries log from WARNING up."""
+    the whole docstring; libraries log from WARNING up; JAX's persistent compilation cache is on
+    (`enable_compilation_cache`)."""
     argv = list(sys.argv if argv is None else argv)
     sys.argv[0] = argv[0]                     # absl's --help names the program and its key flags by argv[0]
     sys.modules["__main__"].__doc__ = doc     # absl's --help prints __main__'s docstring
@@ -121,6 +160,7 @@ def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | Non
 
     def guarded_main(args):
         configure_logging()
+        enable_compilation_cache()
         try:
             return main(args)
         except app.UsageError as err:

@@ -21,6 +21,7 @@ read from its metadata or given as `voxel_size`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -34,17 +35,41 @@ import tifffile
 from emdiffuse_jax import inference, models, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, normalize
-from emdiffuse_jax.diffusion import objectives
+from emdiffuse_jax.diffusion import objectives, schedules
 
 
-def make_restorer(loaded, spec: inference.SamplerSpec, batch_per_device: int = 4) -> inference.Restorer:
-    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec.
+def model_patch_size(loaded) -> int:
+    """The patch size the model was trained on (its checkpoint record; the network's image_size, 256 for a
+    published .pth, when the record has none): the default tile, the context the network learnt."""
+    size = loaded.meta.get("patch_size") or (loaded.meta.get("config") or {}).get("data", {}).get("patch_size")
+    return int(size or loaded.unet.image_size)
+
+
+def train_schedule(loaded) -> dict:
+    """The noise schedule the model was trained with (its checkpoint's config; the published one otherwise)."""
+    schedule = (loaded.meta.get("config") or {}).get("diffusion", {}).get("train_schedule")
+    return dict(schedule) if schedule else dict(schedules.TRAIN_SCHEDULE)
+
+
+def spec_for_checkpoint(spec: inference.SamplerSpec, loaded) -> inference.SamplerSpec:
+    """`spec` with the checkpoint's training schedule (where the fast samplers' noise grid starts)."""
+    return dataclasses.replace(spec, train_schedule=tuple(train_schedule(loaded).items()))
+
+
+def make_restorer(loaded, spec: inference.SamplerSpec, *, tiling: str = "joint", batch_per_device: int | None = None,
+                  memory_limit_gb: float | None = None) -> inference.Restorer:
+    """A Restorer for a `checkpointing.LoadedModel` (EMA weights) and a sampler spec: the sampler's noise grid
+    from the checkpoint's training schedule, the default tile from its training patch size.
 
     A regression-baseline checkpoint ignores the sampler: its one deterministic prediction per tile runs
     through the same tiling and stitching as the diffusion samples (use K = 1 with it).
     """
+    spec = spec_for_checkpoint(spec, loaded)
+    regression = objectives.objective_of(loaded.meta) == "regression"
     return inference.Restorer(models.make_apply_fn(loaded.unet), loaded.params, sample_fn_for(loaded, spec),
-                              batch_per_device=batch_per_device)
+                              tiling=tiling, unet=loaded.unet, default_tile=model_patch_size(loaded),
+                              batch_per_device=batch_per_device, memory_limit_gb=memory_limit_gb,
+                              steps=1 if regression else spec.steps)
 
 
 def sample_fn_for(loaded, spec: inference.SamplerSpec):
@@ -142,13 +167,15 @@ def _check_output(input_path: pathlib.Path, output: pathlib.Path) -> None:
 
 
 def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike, *,
-                  task: str, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
+                  task: str, num_samples: int = 2, seed: int = 0, tile: int | None = None,
+                  overlap: float | None = None,
                   harmonize: bool = False, keep_samples: bool = False, normalization: str = "auto",
                   threshold: float = uncertainty.DEFAULT_THRESHOLD, window: int = 64,
                   intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
                   voxel_size=None, log: Callable[[str], None] = print) -> dict:
     """Restores every image of `input_path` into the folder `output`; returns (and writes) the report.
 
+    tile / overlap default to the model's training patch size and a quarter of it (`Restorer.resolve_tiling`).
     intensity: the checkpoint's contract (`intensity.from_meta(loaded.meta)`); normalization: a mode of
     `intensity.prediction_mapping` ('auto' = the contract, or per-image when there is none).
     voxel_size: the input's pixel size (y, x), or (z, y, x) for a stack, in nm, overriding its metadata.
@@ -157,6 +184,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         raise ValueError(f"task must be 'denoise' or 'superres', got {task!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
+    tile, overlap = restorer.resolve_tiling(tile, overlap)
     input_path, output = pathlib.Path(input_path), pathlib.Path(output)
     items = list_inputs(input_path)
     _check_output(input_path, output)
@@ -170,8 +198,8 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         log("K=1: no uncertainty can be estimated (std, score and reliability need K >= 2)")
     key = jax.random.key(seed)
     run_settings = {"task": task, "input": str(input_path), "num_samples": num_samples, "seed": seed,
-                    "tile": tile, "overlap": overlap, "harmonize": harmonize, "threshold": threshold,
-                    "reliability_window": window, "normalization": normalization, **(settings or {})}
+                    "tile": tile, "overlap": overlap, "tiling": restorer.tiling, "harmonize": harmonize,
+                    "threshold": threshold, "reliability_window": window, "normalization": normalization, **(settings or {})}
     images, start = [], time.perf_counter()
     for index, (name, load) in enumerate(items):
         t0 = time.perf_counter()
@@ -187,8 +215,7 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         pred = inference.predict_image(restorer, mapping.input_to_model(raw),
                                        jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
                                        overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
-                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})",
-                                       progress=lambda done, total: log(f"  {name}: {done}/{total} tile samples"))
+                                       upscale=2 if task == "superres" else 1, name=f"{input_path} ({name})")
         mean = mapping.output_from_model(pred.mean)
         std = (pred.std / 2.0).astype(np.float32)
         files = {f"{name}_mean.tif": mean, f"{name}_std.tif": std}
@@ -226,8 +253,9 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         images.append(entry)
         flag = "" if entry["score"] is None else \
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
-        log(f"[{index + 1}/{len(items)}] {name}: {pred.num_tiles} tiles x {num_samples} samples in "
-            f"{entry['seconds']:.1f} s{flag}")
+        log(f"{name}: " + inference.progress_line(index + 1, len(items), time.perf_counter() - start, restorer,
+                                                  pred.num_tiles, num_samples)
+            + f", this image {entry['seconds']:.1f} s{flag}")
     if depth is not None:
         _assemble_stacks(stack_parts, output, input_path.stem, [name for name, _ in items], out_size)
     report = {"settings": run_settings,

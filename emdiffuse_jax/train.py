@@ -164,9 +164,10 @@ def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, em
     apply_fn = models.make_apply_fn(unet, jnp.dtype(compute_dtype))
     step_fn = make_train_step(apply_fn, tx, gammas, vem=vem, ema_decay=ema_decay, objective=objective,
                               residual=residual)
+    from_params = jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings)
     return Programs(tx=tx, abstract=abstract, shardings=shardings,
-                    init=jax.jit(init_state, out_shardings=shardings),
-                    from_params=jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings),
+                    init=lambda key: from_params(models.init_params(unet, key)),   # init_params: not in a jit
+                    from_params=from_params,
                     train_step=parallel.jit_train_step(step_fn, mesh, shardings))
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from emdiffuse_jax import inference, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
-from emdiffuse_jax.data import io, ome_zarr, tiling
+from emdiffuse_jax.data import io, ome_zarr
 
 FORMATS = ("tiff", "tiff-slices", "ome-zarr")   # "zarr" is accepted for "ome-zarr"
 _FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"), "ome-zarr": ("mean.zarr", "std.zarr")}
@@ -110,7 +110,8 @@ def _check_paths(input_path: pathlib.Path, output: pathlib.Path) -> None:
 
 
 def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike,
-                z_factor: int, *, num_samples: int = 2, seed: int = 0, tile: int = 256, overlap: float = 32,
+                z_factor: int, *, num_samples: int = 2, seed: int = 0, tile: int | None = None,
+                overlap: float | None = None,
                 harmonize: bool = False, fmt: str = "tiff", normalization: str = "auto",
                 threshold: float = uncertainty.DEFAULT_THRESHOLD, dataset: str | None = None,
                 intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
@@ -128,6 +129,7 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     fmt = "ome-zarr" if fmt == "zarr" else fmt
     if fmt not in FORMATS:
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
+    tile, overlap = restorer.resolve_tiling(tile, overlap)
     input_path, output = pathlib.Path(input_path), pathlib.Path(output)
     volume = io.read_volume(input_path, lazy=True, dataset=dataset)
     _check_paths(input_path, output)
@@ -147,11 +149,11 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         raise io.DataError(f"{input_path}: {err}") from err
     run_settings = {"input": str(input_path.resolve()), "shape": [n, height, width], "z_factor": z_factor,
                     "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
+                    "tiling": restorer.tiling,
                     "harmonize": harmonize, "format": fmt, intensity_lib.META_KEY: mapping.to_dict(),
                     **(settings or {})}
     if z_factor < 2:
         raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
-    tiling.tile_origins((height, width), (tile, tile), overlap)   # bad tile/overlap: fail before writing
     partial = output / ".partial"
     progress_path = partial / "progress.json"
     if progress_path.exists():
@@ -176,7 +178,8 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     std_store = _SliceStore(partial, "std", fmt, (depth, height, width), np.float32, out_voxel)
     base_key = jax.random.key(seed)
     zero = np.zeros((height, width), np.float32)
-    start = time.perf_counter()
+    start, done_now = time.perf_counter(), 0
+    todo = sum(str(i) not in progress["done"] for i in range(n - 1))
     for i in range(n - 1):
         if str(i) in progress["done"]:
             continue
@@ -184,9 +187,7 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         earlier, later = (mapping.input_to_model(volume[j]) for j in (i, i + 1))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
-                                         harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}",
-                                         progress=lambda done, total: log(f"  slab {i + 1}: {done}/{total} "
-                                                                          "tile samples"))
+                                         harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}")
         mean_store.write(i * z_factor, volume[i])
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):
@@ -196,7 +197,10 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None
         progress["done"][str(i)] = {"score": score, "seconds": time.perf_counter() - t0}
         _atomic_json(progress_path, progress)
-        log(f"slab {i + 1}/{n - 1} done in {time.perf_counter() - t0:.1f} s"
+        done_now += 1
+        log(f"slab {i + 1}/{n - 1}: " + inference.progress_line(done_now, todo, time.perf_counter() - start, restorer,
+                                                              pred.num_tiles, num_samples * (z_factor - 1))
+            + f", this slab {time.perf_counter() - t0:.1f} s"
             + (f", uncertainty {score:.4f}" if score is not None else ""))
     mean_store.write(depth - 1, volume[n - 1])
     std_store.write(depth - 1, zero)

@@ -10,7 +10,7 @@ cubic interpolation along z and the regression baseline; tables and plots by lau
 
 Every prediction is made by launch/isotropic.py on W/data/test_input_z{Z}.tif (the test block subsampled in
 z, never seen in training) and scored against W/data/test_truth_z{Z}.tif on the generated slices only.
-Outputs: W/results_z{Z}[_c{CROP}]/{metrics.json, metrics.md, *.png}, predictions under W/pred_z{Z}[_c{CROP}]/.
+Outputs: W/results_z{Z}[_c{CROP}][_n{N}]/{metrics.json, metrics.md, *.png}, predictions under W/pred_.../.
 Rerunning skips predictions already made (isotropic.py resumes unfinished ones).
 """
 
@@ -65,20 +65,26 @@ def main():
     parser.add_argument("--block", type=int, default=28)
     parser.add_argument("--skip", default="", help="comma-separated predictions to leave out")
     parser.add_argument("--crop", type=int, default=0, help="score only the central CROP x CROP px (cheaper)")
+    parser.add_argument("--input_slices", type=int, default=0,
+                        help="score only the first N input slices' span, (N - 1) Z + 1 slices (cheaper)")
     parser.add_argument("--models", default="vemdiffuse_i_small,regression_i_small,vemdiffuse_i_small_residual",
                         help="training workdirs W/<name>_z{Z} to predict with (those without checkpoints skipped)")
     args = parser.parse_args()
     work, z = pathlib.Path(args.workdir), args.z_factor
     skip = set(filter(None, args.skip.split(",")))
     test_input, truth = work / "data" / f"test_input_z{z}.tif", work / "data" / f"test_truth_z{z}.tif"
-    tag = f"z{z}" + (f"_c{args.crop}" if args.crop else "")
+    tag = f"z{z}" + (f"_c{args.crop}" if args.crop else "") + (f"_n{args.input_slices}" if args.input_slices else "")
     pred = work / f"pred_{tag}"
     pred.mkdir(parents=True, exist_ok=True)
-    if args.crop:
-        for name, path in (("test_input", test_input), ("test_truth", truth)):
+    if args.crop or args.input_slices:
+        for name, path, step in (("test_input", test_input, 1), ("test_truth", truth, z)):
             volume = tifffile.imread(path)
-            y0, x0 = (volume.shape[1] - args.crop) // 2, (volume.shape[2] - args.crop) // 2
-            tifffile.imwrite(pred / f"{name}.tif", volume[:, y0:y0 + args.crop, x0:x0 + args.crop])
+            if args.input_slices:
+                volume = volume[:(args.input_slices - 1) * step + 1]
+            if args.crop:
+                y0, x0 = (volume.shape[1] - args.crop) // 2, (volume.shape[2] - args.crop) // 2
+                volume = volume[:, y0:y0 + args.crop, x0:x0 + args.crop]
+            tifffile.imwrite(pred / f"{name}.tif", volume)
         test_input, truth = pred / "test_input.tif", pred / "test_truth.tif"
     stack = tifffile.imread(test_input)
     predictions, stds = {}, {}
@@ -96,7 +102,8 @@ def main():
         runs[f"{model}_mean_K{args.num_samples}_harmonized"] = (checkpoint, args.num_samples, True)
         runs[f"{model}_one_sample"] = (checkpoint, 1, False)
     for name, (checkpoint, k, harmonize) in runs.items():
-        if name in skip or not (checkpoint / "checkpoints").is_dir():
+        steps = checkpoint / "checkpoints"
+        if name in skip or not (steps.is_dir() and any(p.name.isdigit() for p in steps.iterdir())):
             print(f"{name}: skipped ({checkpoint} has no checkpoints)" if name not in skip else f"{name}: skipped")
             continue
         isotropic(checkpoint, test_input, pred / name, z, args, num_samples=k, harmonize=harmonize)

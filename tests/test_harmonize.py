@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from emdiffuse_jax import harmonize, inference
+from emdiffuse_jax.diffusion import samplers
 
 
 def _smooth(h, w):
@@ -39,7 +40,7 @@ def test_slice_reference_interpolates_linearly_in_depth():
 
 def _copy_later_plus_random_brightness(denoise, cond, key, slice_index):
     """A stand-in sampler: the 'later' condition channel plus a random brightness offset per sample."""
-    return cond[..., :1] + 0.3 * jax.random.normal(key, (cond.shape[0], 1, 1, 1))
+    return cond[..., :1] + 0.3 * samplers.normal(key, (cond.shape[0], 1, 1, 1))  # one key or one per row
 
 
 def test_harmonised_slices_follow_the_interpolated_brightness_per_sample():

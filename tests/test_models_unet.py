@@ -97,3 +97,17 @@ def test_kaiming_initialisation_and_optional_zero_init(tiny_unet, tiny_params):
 def test_same_key_gives_the_same_parameters(tiny_unet, tiny_params):
     again = init_params(tiny_unet, jax.random.key(0))
     jax.tree.map(np.testing.assert_array_equal, tiny_params, again)
+
+
+def test_init_inside_jit_or_eval_shape_gives_the_same_parameters(tiny_unet, tiny_params):
+    """init_params draws all kernels at once on the host; traced (inside jit, as a caller may do) it must give
+    the same values, and eval_shape the same structure."""
+    small = dict(tiny_unet.__dict__, channel_mults=(1,), attn_res=())  # quick to compile
+    key = jax.random.key(3)
+    eager = init_params(unet_config(small), key)
+    traced = jax.jit(lambda k: init_params(unet_config(small), k))(key)
+    jax.tree.map(np.testing.assert_array_equal, eager, traced)
+    shapes = jax.eval_shape(lambda k: init_params(tiny_unet, k), key)
+    assert jax.tree.structure(shapes) == jax.tree.structure(tiny_params)
+    other = init_params(unet_config(small), jax.random.key(4))
+    assert not np.allclose(eager["out_conv"]["kernel"], other["out_conv"]["kernel"])

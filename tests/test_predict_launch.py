@@ -111,6 +111,49 @@ def test_isotropic_command_builds_the_volume_and_refuses_a_2d_model(denoise_ckpt
     assert report["output_shape"] == [5, 24, 20] and len(report["slab_scores"]) == 2
 
 
+def test_defaults_come_from_the_checkpoint_patch_size_and_training_schedule(tmp_path):
+    from emdiffuse_jax.diffusion import samplers
+
+    schedule = dict(kind="linear", n_timestep=500, linear_start=1e-5, linear_end=0.02)
+    workdir = tmp_path / "ckpt"
+    unet = models.unet_config(TINY)
+    params = models.init_params(unet, jax.random.key(0))
+    ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
+    meta = {**checkpointing.model_identity("denoise", unet), "z_factor": None, "step": 1, "patch_size": 16,
+            "config": {"diffusion": {"train_schedule": schedule}}}
+    ckpt.save(1, {"params": params, "ema_params": params}, meta, force=True)
+    ckpt.close()
+    loaded = checkpointing.load_model(workdir, task="denoise")
+    restorer = restore.make_restorer(loaded, inference.SamplerSpec("dpm", 4))
+    assert restorer.resolve_tiling(None, None) == (16, 4)
+    spec = restore.spec_for_checkpoint(inference.SamplerSpec("dpm", 4), loaded)
+    assert dict(spec.train_schedule) == schedule and spec.to_dict()["train_schedule"] == schedule
+    floor = samplers.min_trained_gamma(schedule)
+    assert floor > 10 * samplers.min_trained_gamma()  # this schedule stops at a much higher noise level
+    assert inference.noise_grid(spec)[0] == pytest.approx(floor)  # the DPM grid starts at this model's floor
+    assert inference.noise_grid(inference.SamplerSpec("dpm", 4))[0] == pytest.approx(samplers.min_trained_gamma())
+    # A published .pth carries no record: the network's 256 px image size.
+    torch_like = checkpointing.LoadedModel(models.unet_config({**TINY, "image_size": 256}), params, "denoise",
+                                           {"source": "torch"})
+    assert restore.model_patch_size(torch_like) == 256
+    assert restore.train_schedule(torch_like) == samplers.TRAIN_SCHEDULE
+
+
+def test_predict_command_uses_the_model_patch_size_and_refuses_a_bad_overlap(denoise_ckpt, image16, tmp_path):
+    path, _ = image16
+    base = [sys.executable, str(ROOT / "launch" / "predict.py"), "--task=denoise", f"--checkpoint={denoise_ckpt}",
+            f"--input={path}", "--num_samples=2", "--sampler=ddim", "--steps=2"]
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    bad = subprocess.run(base + [f"--output={tmp_path / 'bad'}", "--overlap=16"], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert bad.returncode != 0 and "less than half the tile (32 px)" in bad.stderr
+    ok = subprocess.run(base + [f"--output={tmp_path / 'ok'}"], capture_output=True, text=True, timeout=600, env=env)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    settings = json.loads((tmp_path / "ok" / "report.json").read_text())["settings"]
+    assert (settings["tile"], settings["overlap"], settings["tiling"]) == (32, 8, "joint")
+    assert "memory plan:" in ok.stderr and "ETA" in ok.stdout + ok.stderr
+
+
 def test_a_stack_in_gives_stacks_out_with_the_pixel_size_and_calibrates(denoise_ckpt, tmp_path):
     from emdiffuse_jax.data import io
 

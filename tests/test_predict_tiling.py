@@ -1,4 +1,5 @@
-"""Tiled restoration: exact stitching with an identity-like network, no seams, batching, bad inputs."""
+"""Tiled restoration in both tiling modes: exact stitching with an identity-like network, no seams, batching,
+out-of-memory back-off, bad inputs."""
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +33,10 @@ def smooth_image(h, w):
     return (0.8 * np.sin(yy / 9.0) * np.cos(xx / 13.0)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def identity():
-    return inference.Restorer(identity_apply, {"offset": jnp.float32(0.0)}, ddim, batch_per_device=1)
+@pytest.fixture(scope="module", params=["joint", "independent"])
+def identity(request):
+    return inference.Restorer(identity_apply, {"offset": jnp.float32(0.0)}, ddim, batch_per_device=1,
+                              tiling=request.param)
 
 
 def test_identity_network_stitches_back_to_the_input_exactly(identity):
@@ -52,8 +54,10 @@ def test_image_smaller_than_a_tile_is_padded_and_cropped_back(identity):
     np.testing.assert_allclose(pred.mean, image, atol=1e-5)
 
 
-def test_harmonisation_removes_a_per_tile_brightness_offset():
-    biased = inference.Restorer(identity_apply, {"offset": jnp.float32(0.1)}, ddim, batch_per_device=1)
+@pytest.mark.parametrize("tiling", ["joint", "independent"])
+def test_harmonisation_removes_a_per_tile_brightness_offset(tiling):
+    biased = inference.Restorer(identity_apply, {"offset": jnp.float32(0.1)}, ddim, batch_per_device=1,
+                                tiling=tiling)
     image = smooth_image(48, 48)
     plain = inference.predict_image(biased, image, jax.random.key(0), num_samples=1, tile=32, overlap=8)
     fixed = inference.predict_image(biased, image, jax.random.key(0), num_samples=1, tile=32, overlap=8,
@@ -63,48 +67,58 @@ def test_harmonisation_removes_a_per_tile_brightness_offset():
     assert np.abs(fixed.mean - image).mean() < 0.01
 
 
-def test_std_shows_no_tile_seams():
-    restorer = inference.Restorer(noise_apply, {}, ddim, batch_per_device=4)
+@pytest.mark.parametrize("tiling", ["joint", "independent"])
+def test_std_shows_no_tile_seams(tiling):
+    restorer = inference.Restorer(noise_apply, {}, ddim, batch_per_device=4, tiling=tiling)
     image = np.zeros((56, 56), np.float32)  # tiles at 0 and 24 on both axes: overlap band 24..31
     pred = inference.predict_image(restorer, image, jax.random.key(1), num_samples=8, tile=32, overlap=8,
                                    keep_samples=True)
     assert pred.samples.shape == (8, 56, 56)
-    # Independent tiles: the std is statistically flat and must not dip in the overlap band (it would by
-    # ~15 % if the std were taken over blended samples, which average two independent tiles there).
+    # The std is statistically flat and must not dip in the overlap band: joint samples are whole images,
+    # and independent tiles blend variances (it would dip by ~15 % over blended independent samples).
     for profile in (pred.std.mean(axis=0), pred.std.mean(axis=1)):
         inside = np.concatenate([profile[:20], profile[36:]]).mean()
         assert abs(profile[24:32].mean() - inside) < 0.05 * inside
     assert pred.std.mean() > 0.1
 
 
-def test_results_do_not_depend_on_the_chunk_size():
+@pytest.mark.parametrize("tiling", ["joint", "independent"])
+def test_results_do_not_depend_on_the_chunk_size(tiling):
     image = smooth_image(40, 40)
-    a = inference.Restorer(noise_apply, {}, ddim, batch_per_device=1)
-    b = inference.Restorer(noise_apply, {}, ddim, batch_per_device=3)
+    a = inference.Restorer(noise_apply, {}, ddim, batch_per_device=1, tiling=tiling)
+    b = inference.Restorer(noise_apply, {}, ddim, batch_per_device=3, tiling=tiling)
     pa = inference.predict_image(a, image, jax.random.key(3), num_samples=2, tile=32, overlap=8)
     pb = inference.predict_image(b, image, jax.random.key(3), num_samples=2, tile=32, overlap=8)
     np.testing.assert_allclose(pa.mean, pb.mean, atol=1e-6)
     np.testing.assert_allclose(pa.std, pb.std, atol=1e-6)
 
 
-def test_out_of_memory_halves_the_batch_and_still_finishes(identity):
-    restorer = inference.Restorer(identity_apply, {"offset": jnp.float32(0.0)}, ddim, batch_per_device=4)
-    run, calls = restorer._run, []
+@pytest.mark.parametrize("tiling", ["joint", "independent"])
+def test_out_of_memory_halves_the_batch_and_still_finishes(tiling):
+    devices, calls = len(jax.local_devices()), []
 
-    def flaky(params, cond, keys, si):
-        calls.append(cond.shape[0])
-        if cond.shape[0] > len(restorer.devices):
+    def too_many(rows):  # as XLA on GPU/TPU: an error for a call with too many rows
+        calls.append(rows)
+        if rows > devices:
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
-        return run(params, cond, keys, si)
 
-    restorer._run = flaky
-    image = smooth_image(40, 40)
-    pred = inference.predict_image(restorer, image, jax.random.key(0), num_samples=1, tile=32, overlap=8)
+    def flaky_apply(params, x, gamma, slice_index):  # joint: the network sees the rows of one call
+        too_many(x.shape[0])
+        return identity_apply(params, x, gamma, slice_index)
+
+    restorer = inference.Restorer(flaky_apply, {"offset": jnp.float32(0.0)}, ddim, batch_per_device=4,
+                                  tiling=tiling)
+    if tiling == "independent":  # the network is vmapped over rows: fail the chunk's program instead
+        program = restorer._independent_program
+        restorer._independent_program = lambda rows: (lambda *args: too_many(rows) or program(rows)(*args))
+    image = smooth_image(70, 90)  # 12 tiles x 3 samples: 4 rows per device planned
+    pred = inference.predict_image(restorer, image, jax.random.key(0), num_samples=3, tile=32, overlap=8)
     np.testing.assert_allclose(pred.mean, image, atol=1e-5)
-    assert restorer.batch_per_device == 1 and calls[0] > calls[-1]
+    assert restorer.last_plan.rows_per_device == 4 and 4 * devices in calls and calls[-1] == devices
 
 
-def test_between_slices_uses_the_slice_index_and_condition_order():
+@pytest.mark.parametrize("tiling", ["joint", "independent"])
+def test_between_slices_uses_the_slice_index_and_condition_order(tiling):
     def slice_apply(params, x, gamma, slice_index):
         # Clean estimate: a blend of [later, earlier] by the depth of the slice to generate.
         w = (slice_index.astype(jnp.float32)[:, None, None, None] + 1.0) / 3.0
@@ -112,7 +126,7 @@ def test_between_slices_uses_the_slice_index_and_condition_order():
         g = gamma[:, None, None, None]
         return (x[..., -1:] - jnp.sqrt(g) * target) / jnp.sqrt(1.0 - g)
 
-    restorer = inference.Restorer(slice_apply, {}, ddim, batch_per_device=2)
+    restorer = inference.Restorer(slice_apply, {}, ddim, batch_per_device=2, tiling=tiling)
     earlier, later = np.full((40, 36), -0.6, np.float32), np.full((40, 36), 0.3, np.float32)
     pred = inference.predict_between(restorer, earlier, later, 3, jax.random.key(0), num_samples=2,
                                      tile=32, overlap=8)
@@ -128,6 +142,21 @@ def test_between_slices_uses_the_slice_index_and_condition_order():
 def test_bad_images_are_rejected(identity, bad, match):
     with pytest.raises(ValueError, match=match):
         inference.predict_image(identity, bad, jax.random.key(0), tile=32, overlap=8)
+
+
+@pytest.mark.parametrize("tile, overlap, match", [
+    (30, 8, "multiple of 4"), (32, 16, "less than half the tile"), (32, 0.5, "less than half"), (32, -1, "at least 0")])
+def test_bad_tile_or_overlap_is_a_clear_error(tile, overlap, match):
+    restorer = inference.Restorer(identity_apply, {"offset": jnp.float32(0.0)}, ddim)
+    restorer.downsampling = 4  # as a UNet with channel_mults of length 3
+    with pytest.raises(ValueError, match=match):
+        inference.predict_image(restorer, smooth_image(40, 40), jax.random.key(0), tile=tile, overlap=overlap)
+
+
+def test_tile_and_overlap_default_to_the_training_patch_and_a_quarter_of_it():
+    restorer = inference.Restorer(identity_apply, {"offset": jnp.float32(0.0)}, ddim, default_tile=48)
+    assert restorer.resolve_tiling(None, None) == (48, 12)
+    assert restorer.resolve_tiling(64, None) == (64, 16) and restorer.resolve_tiling(None, 0.125) == (48, 6)
 
 
 def test_fewer_than_one_sample_is_rejected(identity):

@@ -77,8 +77,8 @@ def test_interrupted_run_resumes_without_recomputing_and_matches(stack, tmp_path
     assert sorted(done) == ["0", "1"]
 
     calls = []
-    original = noisy.sample
-    noisy.sample = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = noisy.sample_joint
+    noisy.sample_joint = lambda *a, **k: calls.append(1) or original(*a, **k)
     resumed = volume.reconstruct(noisy, path, out, Z, num_samples=2, tile=32, overlap=8, fmt="zarr",
                                  log=lambda s: None)
     assert len(calls) == 1  # only slab 2

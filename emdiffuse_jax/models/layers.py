@@ -4,17 +4,75 @@ Submodule names are chosen so that every parameter maps to one key of a referenc
 (see `emdiffuse_jax.convert`).
 """
 
+import contextlib
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emdiffuse_jax.models.conv import conv2d
 
-# Kaiming-normal, fan-in (N(0, 2 / fan_in)): how the reference initialises every conv and linear layer.
-kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+def kaiming_std(shape) -> float:
+    """Kaiming-normal, fan-in: std sqrt(2 / fan_in), fan_in = all but the last (output) axis."""
+    return math.sqrt(2.0 / math.prod(shape[:-1]))
+
+
+class _KernelSupply:
+    """Kaiming kernels handed out in the order the initialisers ask for them (`kernels`); with kernels None
+    zeros of the asked shapes. Either way `shapes` records the asked shapes in order."""
+
+    def __init__(self, kernels=None):
+        self.kernels, self.shapes = kernels, []
+
+    def take(self, shape, dtype):
+        self.shapes.append(tuple(shape))
+        if self.kernels is None:
+            return jnp.zeros(shape, dtype)
+        return jnp.asarray(self.kernels[len(self.shapes) - 1], dtype)
+
+
+_supply: _KernelSupply | None = None
+
+
+@contextlib.contextmanager
+def supplied_kaiming_kernels(kernels=None):
+    """Inside, `kaiming_normal` returns the given kernels in order instead of drawing (kernels None: zeros;
+    the yielded object's `.shapes` lists what was asked for). Only tracing inside the context is affected.
+
+    Why: a jitted Flax init of the full UNet makes 105 Kaiming draws among 326 parameters, and XLA:CPU
+    compiles each draw's random-bit generator as its own kernel: 25 s on an idle 2-core CPU, minutes on a
+    loaded one. `models.init_params` instead draws all kernels at once (`draw_kaiming_kernels`).
+    """
+    global _supply
+    previous, _supply = _supply, _KernelSupply(kernels)
+    try:
+        yield _supply
+    finally:
+        _supply = previous
+
+
+def draw_kaiming_kernels(key: jax.Array, shapes) -> list:
+    """Kaiming-normal kernels of the given shapes from one standard-normal draw, sliced and scaled on the
+    host (inside a jit or eval_shape, where the key is traced, on the device instead)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = jax.jit(lambda k: jax.random.normal(k, (sum(sizes),), jnp.float32))(key)
+    try:
+        flat = np.asarray(flat)
+    except jax.errors.TracerArrayConversionError:
+        pass
+    bounds = np.cumsum([0] + sizes)
+    return [kaiming_std(shape) * flat[lo:hi].reshape(shape) for shape, lo, hi in zip(shapes, bounds, bounds[1:])]
+
+
+def kaiming_normal(key, shape, dtype=jnp.float32):
+    """Kaiming-normal, fan-in (N(0, 2 / fan_in)): how the reference initialises every conv and linear layer."""
+    if _supply is None:
+        return kaiming_std(shape) * jax.random.normal(key, shape, dtype)
+    return _supply.take(shape, dtype)
 
 
 def sinusoidal_embedding(values: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -135,8 +193,8 @@ class AttentionBlock(nn.Module):
         qkv = _dense(3 * c, "qkv", self.dtype)(group_norm(x, self.groups, "norm", self.dtype))
         qkv = qkv.reshape(b, hgt * wid, heads, 3 * d)
         q, k, v = jnp.split(qkv, 3, axis=-1)
-        scale = d ** -0.25
-        logits = jnp.einsum("bthd,bshd->bhts", q * scale, k * scale)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        a = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(b, hgt, wid, c)
+        # softmax(q k^T / sqrt(d)) v with float32 scores (the reference scales q and k by d^-1/4 each).
+        # jax.nn.dot_product_attention picks cuDNN flash attention on GPUs for 16-bit inputs, whose
+        # memory grows linearly with the number of positions, and XLA's exact computation elsewhere.
+        a = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5).reshape(b, hgt, wid, c)
         return x + _dense(c, "proj_out", self.dtype, zero_init=self.zero_init)(a)

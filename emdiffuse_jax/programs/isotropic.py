@@ -48,7 +48,8 @@ def main(argv):
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
         trained_z, trained_z_source = checkpointing.trained_z_factor(loaded, _Z.value, _TRAINED_Z.value)
-        restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
+        spec = restore.spec_for_checkpoint(spec, loaded)
+        restorer = restore.make_restorer(loaded, spec, **_SAMPLING.restorer_options())
         num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
         volume.reconstruct(restorer, _INPUT.value, _OUTPUT.value, _Z.value, num_samples=num_samples,
                            seed=_SAMPLING.seed.value, tile=_SAMPLING.tile.value, overlap=_SAMPLING.overlap.value,

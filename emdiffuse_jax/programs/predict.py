@@ -45,7 +45,8 @@ def main(argv):
             raise app.UsageError(f"{_CHECKPOINT.value} is a volume ({loaded.task}) model: reconstruct volumes with "
                                  "`emdiffuse isotropic` (launch/isotropic.py) --checkpoint=... --input=STACK "
                                  "--z_factor=Z --output=DIR")
-        restorer = restore.make_restorer(loaded, spec, _SAMPLING.batch_per_device.value)
+        spec = restore.spec_for_checkpoint(spec, loaded)
+        restorer = restore.make_restorer(loaded, spec, **_SAMPLING.restorer_options())
         num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
         restore.restore_files(
             restorer, _INPUT.value, _OUTPUT.value, task=_TASK.value, num_samples=num_samples,
