@@ -23,13 +23,15 @@ def test_dim_noisy_16_bit_inputs_are_restored_in_uint16_in_the_targets_units(tmp
     loaded = checkpointing.load_model(tmp_path / "run", task="denoise")
     contract = intensity.from_meta(loaded.meta)
     assert contract.input.hi < 0.7 * contract.target.hi   # the inputs are dimmer: two maps, one per side
-    restorer = restore.make_restorer(loaded, inference.SamplerSpec("ddim", 10))
-    restore.restore_files(restorer, test_input, tmp_path / "out", task="denoise", num_samples=1, tile=32,
+    # launch/predict.py's defaults (joint tiling, K = 2) at tile 32, as the issue ran it; fewer DDIM steps
+    restorer = restore.make_restorer(loaded, inference.SamplerSpec("ddim", 20))
+    restore.restore_files(restorer, test_input, tmp_path / "out", task="denoise", num_samples=2, tile=32,
                           overlap=8, intensity=contract, log=lambda _: None)
     restored = tifffile.imread(tmp_path / "out" / "test_mean.tif")
     assert restored.dtype == np.uint16 and restored.shape == target.shape
     errors = intensity_errors(restored, target)
     # The issue's acceptance: mean within 5 % of the target's 1-99 % range, that range within 25 %
-    # (per-image normalisation gave 55 % and 41 %; the noisy input itself is off by ~75 %).
+    # (per-image normalisation gave 55 % and 41 %; the noisy input itself is off by ~65 %). Measured on the
+    # development machine: 1.8 % and 17 % (independent tiling: 1.0 % and 0.5 %).
     assert errors["mean_error"] < 0.05 and errors["range_error"] < 0.25, errors
     assert intensity_errors(tifffile.imread(test_input), target)["mean_error"] > 0.5
