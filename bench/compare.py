@@ -4,9 +4,9 @@ Times the full EMDiffuse-n network (15.68 M parameters, float32, random weights,
 batch --forward_batch and the training step at batch --train_batch (loss + backward + Adam + EMA update,
 dropout on) of both implementations, alternating call by call so that load on a shared machine hits both
 alike, and prints one table: medians, the ratio, peak memory (each implementation and section in a fresh
-subprocess), achieved GFLOP/s (103.8 GFLOP per 256 x 256 forward, scaled by pixel count; a training step
-counts as 3 forwards) against a float32 4096 x 4096 matrix product measured in the same run as the
-practical ceiling, then the time to result for one --image x --image image with K = --num_samples at the
+subprocess, counted from after setup and compilation, i.e. the memory of running), achieved GFLOP/s
+(103.8 GFLOP per 256 x 256 forward, scaled by pixel count; a training step counts as 3 forwards) against a
+float32 4096 x 4096 matrix product measured in the same run as the practical ceiling, then the time to result for one --image x --image image with K = --num_samples at the
 quality of the published 1000-step DDPM (per-evaluation time measured here x evaluation count), the CPU
 model and flags, load average and library versions. All figures also go to --json.
 
@@ -44,9 +44,9 @@ _SECTIONS = flags.DEFINE_list("sections", ["forward", "train"], "Which of forwar
 _MEMORY = flags.DEFINE_bool("memory", True, "Measure peak memory per implementation in fresh subprocesses.")
 _IMAGE = flags.DEFINE_integer("image", 1024, "Image side of the time-to-result estimate.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Samples K per image of the time-to-result estimate.")
-_SAMPLER = flags.DEFINE_string(
-    "sampler", "dpm:20", "Our sampler:steps at the published 1000-step DDPM's quality (docs/prediction.md: "
-    "DPM-Solver++ at 20 steps is +0.13 dB PSNR against it on held-out FIB-SEM).")
+_SAMPLERS = flags.DEFINE_list(
+    "samplers", ["dpm:10", "dpm:20"], "Our sampler:steps settings at the published 1000-step DDPM's quality "
+    "(docs/prediction.md, held-out FIB-SEM: DPM-Solver++ 10 steps +0.20 dB PSNR, 20 steps +0.13 dB).")
 _JSON = flags.DEFINE_string("json", "compare.json", "Where to write all figures as JSON ('' = nowhere).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: IMPL:SECTION, run it once and print peak RSS.")
 
@@ -153,6 +153,10 @@ class Ours:
         t0 = time.perf_counter()
         compiled = programs.train_step.lower(state, data, key).compile()
         self.setup["train compile s"] = time.perf_counter() - t0
+        memory = compiled.memory_analysis()
+        if memory is not None:     # what XLA allocates for one step: state, batch and temporaries
+            self.setup["train XLA buffers GiB"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                                   - memory.alias_size_in_bytes + memory.temp_size_in_bytes) / 2 ** 30
         holder = [state]
 
         def step():
@@ -298,7 +302,8 @@ def _worker_peak_gib(impl: str, section: str) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     if done.returncode:
-        raise RuntimeError(f"memory worker {impl}:{section} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"memory worker {impl}:{section} failed (exit {done.returncode}; -9: killed, "
+                           f"e.g. out of memory):\n{done.stderr[-3000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -308,14 +313,32 @@ def _make_impl(which: str):
     return Published(pathlib.Path(_REFERENCE.value).expanduser().resolve())
 
 
+def _reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark of this process (Linux), so that compilation does not count."""
+    try:
+        pathlib.Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset_gib() -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2 ** 20           # kB
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def _worker() -> None:
+    """Prints the peak RSS of two calls, after setup and compilation (those excluded where Linux allows)."""
     which, section = _WORKER.value.split(":")
     impl = _make_impl(which)
     batch = _FORWARD_BATCH.value if section == "forward" else _TRAIN_BATCH.value
     run = getattr(impl, section)(batch, _SIZE.value)
+    reset = _reset_peak_rss()
     run()
     run()
-    print(_peak_rss_gib())
+    print(_peak_rss_since_reset_gib() if reset else _peak_rss_gib())
 
 
 def _tiles_published(side: int, tile: int = 256, overlap: float = 0.125) -> int:
@@ -327,20 +350,24 @@ def _tiles_published(side: int, tile: int = 256, overlap: float = 0.125) -> int:
 
 
 def _time_to_result(forward_per_tile: dict) -> dict:
+    """Evaluations (tiles x K x steps) and their time (x measured s per tile evaluation) for one image."""
     from emdiffuse_jax.data import tiling
 
-    sampler, _, steps = _SAMPLER.value.partition(":")
-    steps = int(steps) if steps else {"ddpm": 1000, "ddim": 50, "dpm": 20}[sampler]
     side, k = _IMAGE.value, _NUM_SAMPLES.value
+    published_tiles = _tiles_published(side, _SIZE.value)
+    settings = [(PUBLISHED, "ddpm", PUBLISHED_TEST_STEPS, published_tiles)]
     ours_tiles = len(tiling.tile_origins((side, side), (_SIZE.value, _SIZE.value), 32))
-    rows = {OURS: {"tiles": ours_tiles, "steps": steps, "sampler": sampler,
-                   "evaluations": ours_tiles * k * steps}}
-    rows[PUBLISHED] = {"tiles": _tiles_published(side, _SIZE.value), "steps": PUBLISHED_TEST_STEPS,
-                       "sampler": "ddpm", "evaluations": _tiles_published(side, _SIZE.value) * k * 1000}
-    for name, row in rows.items():
+    for spec in _SAMPLERS.value:
+        sampler, _, steps = spec.partition(":")
+        settings.append((OURS, sampler, int(steps), ours_tiles))
+    rows = {}
+    for name, sampler, steps, tiles in settings:
+        row = {"implementation": name, "sampler": sampler, "steps": steps, "tiles": tiles,
+               "evaluations": tiles * k * steps}
         if name in forward_per_tile:
             row["s per evaluation"] = forward_per_tile[name]
             row["wall s"] = row["evaluations"] * forward_per_tile[name]
+        rows[f"{name}, {sampler} {steps}"] = row
     return rows
 
 
@@ -374,7 +401,7 @@ def _print_table(result: dict) -> None:
             r = sec[PUBLISHED]["median_s"] / sec[OURS]["median_s"]
             ratio = f" {r:.2f}x {'(we are faster)' if r > 1 else '(we are slower)'} |"
             if "peak_gib" in sec[OURS] and "peak_gib" in sec[PUBLISHED]:
-                ratio = ratio[:-1] + f"memory {sec[OURS]['peak_gib'] / sec[PUBLISHED]['peak_gib']:.2f}x |"
+                ratio = ratio[:-2] + f"; memory ours / published {sec[OURS]['peak_gib'] / sec[PUBLISHED]['peak_gib']:.2f}x |"
         print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
     setup = result["setup"]
     for name in names:
@@ -384,13 +411,15 @@ def _print_table(result: dict) -> None:
     if ttr:
         print(f"\nTime to result: one {result['image']} x {result['image']} image, K = {result['num_samples']} "
               f"(per-evaluation time = forward batch {result['forward_batch']} median above)")
-        for name, row in ttr.items():
+        published = next(row for row in ttr.values() if row["implementation"] == PUBLISHED)
+        for label, row in ttr.items():
             wall = f", {row['wall s'] / 60:.1f} min" if "wall s" in row else " (not measured)"
-            print(f"  {name}: {row['sampler']} {row['steps']} steps x {row['tiles']} tiles x K = "
-                  f"{row['evaluations']:,} evaluations{wall}")
-        if all("wall s" in row for row in ttr.values()):
-            print(f"  speed-up: {ttr[PUBLISHED]['wall s'] / ttr[OURS]['wall s']:.0f}x "
-                  f"(published crop covers only the full 256-px patches that fit)")
+            speedup = ""
+            if row is not published and "wall s" in row and "wall s" in published:
+                speedup = f"; speed-up {published['wall s'] / row['wall s']:.0f}x"
+            print(f"  {label}: {row['tiles']} tiles x K x {row['steps']} steps = {row['evaluations']:,} "
+                  f"evaluations{wall}{speedup}")
+        print("  (the published crop restores only the whole 256-px patches that fit: fewer tiles, edges left out)")
 
 
 def main(argv):
@@ -423,7 +452,10 @@ def main(argv):
     if _MEMORY.value:          # fresh processes first, before this one holds both models' memory
         for section in _SECTIONS.value:
             for w, impl in zip(which, impls):
-                peaks[(impl.name, section)] = _worker_peak_gib(w, section)
+                try:
+                    peaks[(impl.name, section)] = _worker_peak_gib(w, section)
+                except RuntimeError as err:     # e.g. killed for memory on a shared machine: time anyway
+                    print(f"WARNING: no peak memory for {impl.name} {section}: {str(err)[-300:]}", flush=True)
     result["matmul_gflops"] = _matmul_ceiling(impls)
     for section in _SECTIONS.value:
         batch, repeats = ((_FORWARD_BATCH.value, _FORWARD_REPEATS.value) if section == "forward"

@@ -22,11 +22,11 @@ def test_manifest_validates_and_its_commands_resolve():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_file(MANIFEST)
-    assert manifest.name == "emdiffuse-jax"
+    assert manifest.name == "emdiffuse_jax"   # npe2 requires the package name
     for command in manifest.contributions.commands:
         module, _, name = command.python_name.partition(":")
         assert callable(getattr(importlib.import_module(module), name)), command.python_name
-    assert [w.command for w in manifest.contributions.widgets] == ["emdiffuse-jax.restore_layer"]
+    assert [w.command for w in manifest.contributions.widgets] == ["emdiffuse_jax.restore_layer"]
     assert manifest.contributions.readers[0].accepts_directories
 
 
@@ -51,7 +51,7 @@ def test_widget_restores_a_2d_layer_and_a_volume_into_three_scaled_layers(tmp_pa
     yy, xx = np.mgrid[:40, :52]
     image = (20000 + 8000 * np.sin(yy / 5.0) * np.cos(xx / 7.0)).astype(np.uint16)
     ckpt = save_checkpoint(tmp_path / "n", "denoise", TINY)
-    layers = napari_plugin.restore_layer(_layer(image, (5.0, 5.0)), ckpt, num_samples=2, sampler="ddim", steps=2,
+    layers = napari_plugin.restore(_layer(image, (5.0, 5.0)), ckpt, num_samples=2, sampler="ddim", steps=2,
                                          tile=32, overlap=8, log=lambda s: None)
     assert [kw["name"] for _, kw, _ in layers] == ["cell mean", "cell std", "cell reliability"]
     (mean, mean_kw, _), (std, _, _), (rel, rel_kw, _) = layers
@@ -60,7 +60,7 @@ def test_widget_restores_a_2d_layer_and_a_volume_into_three_scaled_layers(tmp_pa
     assert rel_kw["contrast_limits"] == (0.0, 0.24)
     vem = save_checkpoint(tmp_path / "v", "vem_i", {**TINY, "in_channel": 3, "vem": True}, z_factor=2)
     stack = np.stack([np.full((24, 20), v, np.uint8) for v in (40, 120, 200)])
-    layers = napari_plugin.restore_layer(_layer(stack, (40.0, 8.0, 8.0), "vol"), vem, task="isotropic",
+    layers = napari_plugin.restore(_layer(stack, (40.0, 8.0, 8.0), "vol"), vem, task="isotropic",
                                          z_factor=2, num_samples=2, sampler="ddim", steps=2, tile=16, overlap=4,
                                          log=lambda s: None)
     assert [kw["name"] for _, kw, _ in layers] == ["vol mean", "vol std", "vol reliability"]

@@ -10,6 +10,6 @@ Nothing here imports napari: the functions return napari layer-data tuples (data
 """
 
 from emdiffuse_jax.napari_plugin.reader import get_reader, read_outputs
-from emdiffuse_jax.napari_plugin.widget import Sampler, Task, restore_layer
+from emdiffuse_jax.napari_plugin.widget import Sampler, Task, restore, restore_layer
 
-__all__ = ["get_reader", "read_outputs", "restore_layer", "Sampler", "Task"]
+__all__ = ["get_reader", "read_outputs", "restore", "restore_layer", "Sampler", "Task"]

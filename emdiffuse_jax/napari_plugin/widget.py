@@ -1,7 +1,7 @@
 """The napari widget's function: restores an image layer with self-assessment and returns the mean, std
-and reliability layers. napari builds the widget from the signature (npe2 `autogenerate`)."""
-
-from __future__ import annotations
+and reliability layers. napari builds the widget from the signature (npe2 `autogenerate`), so its
+annotations stay real objects (no `from __future__ import annotations`) except napari's own types, named as
+strings that magicgui resolves when napari is there."""
 
 import enum
 import pathlib
@@ -36,12 +36,23 @@ def _progress_log() -> Callable[[str], None]:
 
 def restore_layer(image: "napari.layers.Image", checkpoint: pathlib.Path, task: Task = Task.denoise,  # noqa: F821
                   num_samples: int = 4, sampler: Sampler = Sampler.dpm, steps: int = 20, z_factor: int = 6,
-                  trained_z_factor: int = 0, tile: int = 256, overlap: int = 32, seed: int = 0,
-                  log: Callable[[str], None] | None = None) -> "list[napari.types.LayerDataTuple]":  # noqa: F821
-    """Restores `image` (a 2D image, or a (Z, Y, X) stack: every slice for denoise/superres, the volume for
-    isotropic) with the model in `checkpoint`; returns mean, std and reliability layers scaled like the
-    input (its layer scale is taken as the voxel size, so outputs overlay it). trained_z_factor: for a
-    .pth (0 = not given; see docs/weights.md)."""
+                  trained_z_factor: int = 0, tile: int = 256, overlap: int = 32,
+                  seed: int = 0) -> "list[napari.types.LayerDataTuple]":  # noqa: F821
+    """The widget (napari builds it from this signature and adds the returned layers): `restore` with
+    progress shown in napari's notifications."""
+    return restore(image, checkpoint, task=task, num_samples=num_samples, sampler=sampler, steps=steps,
+                   z_factor=z_factor, trained_z_factor=trained_z_factor, tile=tile, overlap=overlap, seed=seed)
+
+
+def restore(image, checkpoint: pathlib.Path, *, task: Task = Task.denoise, num_samples: int = 4,
+            sampler: Sampler = Sampler.dpm, steps: int = 20, z_factor: int = 6, trained_z_factor: int = 0,
+            tile: int = 256, overlap: int = 32, seed: int = 0,
+            log: Callable[[str], None] | None = None) -> list[LayerData]:
+    """Restores `image` (a napari image layer or anything with .data, .scale, .name: a 2D image, or a
+    (Z, Y, X) stack: every slice for denoise/superres, the volume for isotropic) with the model in
+    `checkpoint`; returns mean, std and reliability layers scaled like the input (its layer scale is taken
+    as the voxel size, so outputs overlay it). trained_z_factor: for a .pth (0 = not given; docs/weights.md).
+    """
     from emdiffuse_jax import checkpointing, inference, restore, volume
     from emdiffuse_jax.data import intensity, io
 
