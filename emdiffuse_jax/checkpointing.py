@@ -27,6 +27,10 @@ class IncompatibleCheckpointError(ValueError):
     """A checkpoint exists but belongs to a different model or task."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (damaged, incomplete or not ours); the message names it and the fix."""
+
+
 def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
@@ -91,11 +95,12 @@ class Checkpointer:
         return read_meta(self.directory / str(step))
 
     def check_compatible(self, identity: dict) -> None:
-        """Raises IncompatibleCheckpointError when the newest checkpoint is of another model."""
-        step = self.latest_step()
-        if step is None:
+        """Raises IncompatibleCheckpointError when the newest readable checkpoint is of another model."""
+        newest = newest_readable_meta(self.directory)
+        if newest is None:
             return
-        diffs = identity_mismatch(self.read_meta(step), identity)
+        step, meta = newest
+        diffs = identity_mismatch(meta, identity)
         if diffs:
             raise IncompatibleCheckpointError(
                 f"{self.directory} holds a checkpoint (step {step}) of another model: " + "; ".join(diffs)
@@ -107,6 +112,43 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state)))
         return restored.state
 
+    def restore_newest_complete(self, abstract_state: Any) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint that restores completely; None when there is none.
+
+        A newer checkpoint that fails to restore (truncated, half-deleted, damaged metadata: a crash or a
+        full disk during its save) is moved to ``<workdir>/damaged_checkpoints/<step>`` (kept for
+        inspection, never deleted) and the fallback is logged. When no checkpoint restores, nothing is
+        moved and the newest one's error is raised: that is not damage but a problem to fix.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                self.read_meta(step)
+                state = self.restore(step, abstract_state)
+            except Exception as err:  # Orbax and tensorstore raise many types for damaged files
+                failures.append((step, err))
+                continue
+            for bad, err in failures:
+                self._set_aside(bad, err, fallback=step)
+            return step, state
+        if failures:
+            step, err = failures[0]
+            raise CheckpointError(f"{self.directory / str(step)}: cannot restore this checkpoint "
+                                  f"({type(err).__name__}: {err}), nor any older one in {self.directory}; "
+                                  "use a new --workdir, or start from a copy with --config.init_from") from err
+        return None
+
+    def _set_aside(self, step: int, err: BaseException, fallback: int) -> None:
+        damaged = self.directory.parent / "damaged_checkpoints" / str(step)
+        logging.getLogger("emdiffuse_jax.checkpointing").warning(
+            "checkpoint step %d is damaged or incomplete (%s: %s); moved it to %s and resuming from step %d, the "
+            "newest complete checkpoint", step, type(err).__name__, str(err).splitlines()[0][:200], damaged, fallback)
+        if jax.process_index() == 0:
+            damaged.parent.mkdir(exist_ok=True)
+            os.replace(self.directory / str(step), damaged)
+        self.manager.reload()
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -115,12 +157,34 @@ class Checkpointer:
         self.manager.close()
 
 
+def newest_readable_meta(directory: str | os.PathLike) -> tuple[int, dict] | None:
+    """(step, meta) of the newest step folder under a checkpoints/ directory whose metadata reads (damaged
+    newer ones are skipped: `Checkpointer.restore_newest_complete` sets them aside); None when there is none."""
+    directory = Path(directory)
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \
+        if directory.is_dir() else []
+    for step in steps:
+        try:
+            return step, read_meta(directory / str(step))
+        except (FileNotFoundError, ValueError):
+            continue
+    return None
+
+
 def read_meta(step_dir: str | os.PathLike) -> dict:
     path = Path(step_dir) / "meta" / "metadata"
     if not path.exists():
         raise FileNotFoundError(f"{step_dir} is not a complete emdiffuse_jax checkpoint (missing {path}); "
                                 "it may have been interrupted while saving")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(err).__name__}: {err}); use another "
+                              "checkpoint step folder of that workdir, or retrain") from err
+    if not isinstance(meta, dict) or "task" not in meta:
+        raise CheckpointError(f"{path}: not the metadata of an emdiffuse_jax model checkpoint (no task); "
+                              "pass a training workdir, a checkpoint step folder or a reference .pth")
+    return meta
 
 
 # --- inference loader ------------------------------------------------------------------------------------
@@ -229,7 +293,12 @@ def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = 
             f"{step_dir} is a {meta.get('task')!r} model but task {task!r} was requested; "
             f"use a checkpoint trained for {task!r} or set the task to {meta.get('task')!r}")
     saved_unet = models.unet_config(meta["unet"])
-    params = restore_params(step_dir, saved_unet, weights)
+    try:
+        params = restore_params(step_dir, saved_unet, weights)
+    except Exception as err:  # Orbax and tensorstore raise many types for damaged files
+        raise CheckpointError(f"{step_dir}: cannot restore the model weights ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''}); the checkpoint is damaged or "
+                              "incomplete - pass another checkpoint step folder of that workdir") from err
     logging.info("loaded %s weights of step %s (%s) from %s", weights, meta.get("step"), meta.get("task"), step_dir)
     return LoadedModel(saved_unet, params, meta["task"], {**meta, "weights": weights})
 

@@ -81,15 +81,24 @@ class SamplingFlags:
             "metadata. Written to every output (isotropic: z / z_factor; superres: y, x halved).")
 
     def check(self, argv) -> None:
-        """Rejects stray arguments and K < 1 before anything is loaded."""
+        """Rejects stray arguments and out-of-range values before anything is loaded or written."""
         from absl import app
 
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if self.num_samples.value < 1:
-            raise app.UsageError(f"--num_samples must be >= 1, got {self.num_samples.value}")
-        if self.memory_limit_gb.value is not None and self.memory_limit_gb.value <= 0:
-            raise app.UsageError(f"--memory_limit_gb must be positive, got {self.memory_limit_gb.value}")
+        problems = [   # tile and overlap are checked against the network (Restorer.resolve_tiling)
+            (self.num_samples.value < 1, f"--num_samples must be >= 1, got {self.num_samples.value}"),
+            (self.steps.value is not None and self.steps.value < 2, f"--steps must be >= 2, got {self.steps.value}"),
+            (not 0 <= self.eta.value <= 1, f"--eta must be in [0, 1], got {self.eta.value}"),
+            (not self.threshold.value >= 0, f"--threshold must be >= 0, got {self.threshold.value}"),
+            (self.batch_per_device.value is not None and self.batch_per_device.value < 1,
+             f"--batch_per_device must be >= 1, got {self.batch_per_device.value}"),
+            (self.memory_limit_gb.value is not None and self.memory_limit_gb.value <= 0,
+             f"--memory_limit_gb must be positive, got {self.memory_limit_gb.value}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise app.UsageError(message)
 
     def voxel_size_nm(self, counts: tuple[int, ...]) -> tuple[float, ...] | None:
         """--voxel_size as floats (None when not given); a usage error unless it has one of `counts` values."""

@@ -31,8 +31,14 @@ def write_test_pair(folder: pathlib.Path, size: int) -> tuple[pathlib.Path, np.n
     noisy_unit = degrade.parse_degradation(None, "denoise")(degrade.to_unit(clean, 0, 255),
                                                            np.random.default_rng(TEST_IMAGE_SEED))
     noisy = degrade.from_unit(noisy_unit, np.uint8)
-    io.write_tiff(folder / "clean.tif", clean, overwrite=True)
-    io.write_tiff(folder / "noisy.tif", noisy, overwrite=True)
+    for name, image in (("clean.tif", clean), ("noisy.tif", noisy)):
+        path = folder / name
+        try:  # left as it is when already right, so that a rerun resumes the prediction of the same file
+            unchanged = np.array_equal(io.read_image(path), image)
+        except io.DataError:
+            unchanged = False
+        if not unchanged:
+            io.write_tiff(path, image, overwrite=True)
     return folder / "noisy.tif", clean
 
 
@@ -40,6 +46,11 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 600, num_samples: int 
              sampler_steps: int = 20, image_size: int = 256, log: Callable[[str], None] = print) -> dict:
     """Trains (or resumes) the tiny denoiser in `workdir`, restores a noisy phantom, returns the summary."""
     workdir = pathlib.Path(workdir)
+    if steps < 1 or num_samples < 1 or image_size < 8:
+        raise ValueError(f"the demo needs steps >= 1, num_samples >= 1 and image_size >= 8; got {steps}, "
+                         f"{num_samples} and {image_size}")
+    spec = inference.SamplerSpec(sampler, sampler_steps)   # checked before training, not after
+    io.check_output_folder(workdir)
     config = train_config.apply_tiny(train_config.base_config("denoise"))   # = configs/emdiffuse_n.py:tiny
     config.num_steps = steps
     log(f"1/3 training tiny EMDiffuse-n on built-in phantoms for {steps} steps in {workdir}")
@@ -48,11 +59,12 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 600, num_samples: int 
     noisy_path, clean = write_test_pair(workdir / "demo_input", image_size)
     log(f"2/3 restoring {noisy_path} with {sampler} ({sampler_steps} steps), K={num_samples}")
     loaded = checkpointing.load_model(workdir, task="denoise")
-    restorer = restore.make_restorer(loaded, inference.SamplerSpec(sampler, sampler_steps))
+    restorer = restore.make_restorer(loaded, spec)
     output = workdir / "demo_output"
     report = restore.restore_files(restorer, noisy_path, output, task="denoise", num_samples=num_samples,
                                    tile=64, overlap=16, log=log, intensity=intensity.from_meta(loaded.meta),
-                                   settings={"checkpoint": str(workdir), "sampler": sampler,
+                                   settings={"checkpoint": str(workdir.resolve()),
+                                             "checkpoint_step": loaded.meta.get("step"), "sampler": sampler,
                                              "sampler_steps": sampler_steps})
     mean = io.read_image(output / "noisy_mean.tif")
     noisy = io.read_image(noisy_path)

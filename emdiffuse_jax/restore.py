@@ -30,9 +30,8 @@ from typing import Callable
 
 import jax
 import numpy as np
-import tifffile
 
-from emdiffuse_jax import inference, models, uncertainty
+from emdiffuse_jax import inference, models, run_state, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, normalize
 from emdiffuse_jax.diffusion import objectives, schedules
@@ -101,8 +100,7 @@ def list_inputs(path: str | os.PathLike) -> list[tuple[str, Callable[[], np.ndar
     if path.is_dir():
         return [(p.stem, (lambda p=p: io.read_image(p))) for p in io.list_images(path)]
     if path.suffix.lower() in (".tif", ".tiff"):
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(s for s in tif.series[0].shape if s != 1)
+        shape = io.tiff_shape(path)
         if len(shape) == 3 and shape[-1] not in (3, 4):
             stack = io.read_volume(path, lazy=True)
             return [(f"{path.stem}_z{z:04d}", (lambda z=z: stack[z])) for z in range(shape[0])]
@@ -113,8 +111,7 @@ def _stack_depth(path: pathlib.Path) -> int | None:
     """Slices of a TIFF stack input (None for an image or a folder)."""
     if path.is_dir() or path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    with tifffile.TiffFile(path) as tif:
-        shape = tuple(s for s in tif.series[0].shape if s != 1)
+    shape = io.tiff_shape(path)
     return shape[0] if len(shape) == 3 and shape[-1] not in (3, 4) else None
 
 
@@ -157,13 +154,83 @@ def write_png(path: pathlib.Path, image8: np.ndarray) -> None:
     _write_atomic(path, lambda p: Image.fromarray(image8).save(p, format="PNG"))
 
 
-def _check_output(input_path: pathlib.Path, output: pathlib.Path) -> None:
-    inp, out = input_path.resolve(), output.resolve()
-    if inp == out or out in inp.parents or (inp.is_dir() and inp in out.parents):
-        raise ValueError(f"output folder {output} overlaps the input {input_path}; choose a separate folder so "
-                         "the input can never be overwritten")
-    if (output / "report.json").exists():
-        raise ValueError(f"{output} already holds a finished prediction (report.json); choose a new folder")
+PROGRESS = ".progress.json"
+
+
+def progress_file(output: str | os.PathLike) -> pathlib.Path:
+    """Where an unfinished prediction into `output` keeps its settings and finished images."""
+    return pathlib.Path(output) / PROGRESS
+
+
+def _check_unique_names(items, input_path: pathlib.Path) -> None:
+    """Two inputs with one name (a.tif and a.png) would write the same output files."""
+    seen: set[str] = set()
+    for name, _ in items:
+        if name in seen:
+            raise io.DataError(f"{input_path}: two images are both named '{name}' (e.g. {name}.tif and {name}.png); "
+                               "their outputs would overwrite each other - rename one or move it to another folder")
+        seen.add(name)
+
+
+def _output_names(name: str) -> set[str]:
+    return {f"{name}_{kind}" for kind in ("mean.tif", "std.tif", "reliability.tif", "samples.tif", "input.png",
+                                          "mean.png", "std.png", "reliability.png")}
+
+
+def _open_output(output: pathlib.Path, names: list[str], run_settings: dict, log,
+                 stack: str | None = None) -> tuple[dict | None, dict]:
+    """The output folder contract: a new or empty folder, this run's unfinished folder (resumed: returns the
+    finished images' report entries), or this run's finished folder (returns its report). Anything else,
+    a user's file above all, is refused before anything is written."""
+    report_path, progress_path = output / "report.json", output / PROGRESS
+    if report_path.exists():
+        report = run_state.read_json(report_path, "report", f"delete {output} and run again")
+        diff = run_state.settings_difference(report.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{output} already holds a finished prediction with other settings ({diff}); "
+                               "choose a new output folder")
+        log(f"{output} already holds this finished prediction; nothing to do")
+        return report, {}
+    done: dict = {}
+    if progress_path.exists():
+        progress = run_state.read_json(progress_path, "progress file", f"delete {progress_path} to start over")
+        diff = run_state.settings_difference(progress.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{output} holds an unfinished prediction with other settings ({diff}); rerun "
+                               "with the same settings and inputs to resume, or choose a new output folder")
+        done = progress.get("done", {})
+        log(f"resuming: {len(done)} of {len(names)} images already done")
+    elif output.exists() and any(output.iterdir()):
+        found = sorted(p.name for p in output.iterdir())
+        raise io.DataError(f"{output} is not empty (holds {', '.join(found[:3])}"
+                           f"{', ...' if len(found) > 3 else ''}); predict.py writes only into a new or empty "
+                           "folder, so no file of yours is overwritten - choose a new output folder")
+    ours = set().union(*(_output_names(n) for n in names)) | {PROGRESS}
+    if stack is not None:   # a stack's mean, std and reliability are one multi-page file each
+        ours |= {f"{stack}_{kind}.tif" for kind in ("mean", "std", "reliability")}
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")) \
+        if output.exists() else []
+    if foreign:
+        raise io.DataError(f"{output} holds files this run does not write ({', '.join(foreign[:3])}); move them "
+                           "or choose a new output folder")
+    return None, done
+
+
+def _load_checked(name: str, load: Callable[[], np.ndarray], input_path: pathlib.Path,
+                  intensity: intensity_lib.Intensity | None, normalization: str, harmonize: bool):
+    """One input image and its intensity mapping, or a DataError naming it."""
+    raw = load()
+    if raw.ndim != 2:
+        raise io.DataError(f"{input_path} ({name}): expected a 2D image, got shape {raw.shape}")
+    try:
+        mapping = intensity_lib.prediction_mapping(raw, intensity, normalization, name=f"{input_path} ({name})")
+    except ValueError as err:
+        raise io.DataError(f"{input_path} ({name}): {err}") from err
+    if harmonize and mapping.input != mapping.target:
+        raise ValueError("--harmonize matches each sample's brightness to its input's, but this model maps "
+                         "inputs and targets differently (its intensity contract: the brightness change "
+                         "is learned), so harmonising would undo it; run without --harmonize")
+    return raw, mapping
 
 
 def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike, *,
@@ -185,33 +252,41 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
     if num_samples < 1:
         raise ValueError(f"num_samples (K) must be >= 1, got {num_samples}")
     tile, overlap = restorer.resolve_tiling(tile, overlap)
-    input_path, output = pathlib.Path(input_path), pathlib.Path(output)
+    input_path = pathlib.Path(input_path)
+    output = io.check_output_folder(output, [input_path])
     items = list_inputs(input_path)
-    _check_output(input_path, output)
+    _check_unique_names(items, input_path)
+    for name, load in items:   # every input readable and usable before anything is written
+        _load_checked(name, load, input_path, intensity, normalization, harmonize)
     depth = _stack_depth(input_path)
     sizes = _input_voxel_sizes(input_path, [name for name, _ in items])
     if voxel_size is not None:
         sizes = {name: tuple(voxel_size) for name in sizes}
+    key = jax.random.key(seed)
+    run_settings = {"task": task, "input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
+                    "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
+                    "tiling": restorer.tiling, "harmonize": harmonize, "threshold": threshold,
+                    "reliability_window": window,
+                    "normalization": normalization, "save_samples": keep_samples,
+                    "voxel_size": None if voxel_size is None else list(voxel_size), **(settings or {})}
+    names = [name for name, _ in items]
+    finished, done = _open_output(output, names, run_settings, log,
+                                  stack=input_path.stem if depth is not None else None)
+    if finished is not None:
+        return finished
     output.mkdir(parents=True, exist_ok=True)
+    progress = {"settings": run_settings, "done": done}
+    run_state.write_json(output / PROGRESS, progress)
     stack_parts = output / f".{input_path.stem}_slices"   # per-slice outputs of a stack until it is complete
     if num_samples < 2:
         log("K=1: no uncertainty can be estimated (std, score and reliability need K >= 2)")
-    key = jax.random.key(seed)
-    run_settings = {"task": task, "input": str(input_path), "num_samples": num_samples, "seed": seed,
-                    "tile": tile, "overlap": overlap, "tiling": restorer.tiling, "harmonize": harmonize,
-                    "threshold": threshold, "reliability_window": window, "normalization": normalization, **(settings or {})}
     images, start = [], time.perf_counter()
     for index, (name, load) in enumerate(items):
+        if name in done:
+            images.append(done[name])
+            continue
         t0 = time.perf_counter()
-        raw = load()
-        try:
-            mapping = intensity_lib.prediction_mapping(raw, intensity, normalization, name=f"{input_path} ({name})")
-        except ValueError as err:
-            raise io.DataError(f"{input_path} ({name}): {err}") from err
-        if harmonize and mapping.input != mapping.target:
-            raise ValueError("--harmonize matches each sample's brightness to its input's, but this model maps "
-                             "inputs and targets differently (its intensity contract: the brightness change "
-                             "is learned), so harmonising would undo it; run without --harmonize")
+        raw, mapping = _load_checked(name, load, input_path, intensity, normalization, harmonize)
         pred = inference.predict_image(restorer, mapping.input_to_model(raw),
                                        jax.random.fold_in(key, index), num_samples=num_samples, tile=tile,
                                        overlap=overlap, harmonize=harmonize, keep_samples=keep_samples,
@@ -251,18 +326,21 @@ def restore_files(restorer: inference.Restorer, input_path: str | os.PathLike, o
         entry["seconds"] = time.perf_counter() - t0
         entry["sampling_seconds"] = pred.seconds
         images.append(entry)
+        done[name] = entry
+        run_state.write_json(output / PROGRESS, progress)
         flag = "" if entry["score"] is None else \
             f", score {entry['score']:.4f} ({'reliable' if entry['reliable'] else 'UNRELIABLE'})"
         log(f"{name}: " + inference.progress_line(index + 1, len(items), time.perf_counter() - start, restorer,
                                                   pred.num_tiles, num_samples)
             + f", this image {entry['seconds']:.1f} s{flag}")
-    if depth is not None:
-        _assemble_stacks(stack_parts, output, input_path.stem, [name for name, _ in items], out_size)
+    if depth is not None:   # (sizes, not the loop's out_size: a resumed run may have no image left to do)
+        _assemble_stacks(stack_parts, output, input_path.stem, names, _output_voxel_size(sizes[names[-1]], task))
     report = {"settings": run_settings,
               "score_definition": "mean over pixels of the per-pixel std of the K samples, intensities in [0, 1]; "
                                   "flagged unreliable when score > threshold",
               "images": images, "total_seconds": time.perf_counter() - start}
     _write_atomic(output / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    (output / PROGRESS).unlink()
     return report
 
 
@@ -322,7 +400,11 @@ def load_calibration_units(predictions: str | os.PathLike, target: str | os.Path
     report_path = predictions / "report.json"
     if not report_path.exists():
         raise io.DataError(f"{predictions}: no report.json; pass the output folder of a finished launch/predict.py")
-    entries = {e["name"]: e for e in json.loads(report_path.read_text())["images"]}
+    report = run_state.read_json(report_path, "report", "run launch/predict.py again into a new folder")
+    if not isinstance(report.get("images"), list):
+        raise io.DataError(f"{report_path}: not a launch/predict.py report (no 'images' list); pass the output "
+                           "folder of a finished launch/predict.py")
+    entries = {e["name"]: e for e in report["images"]}
     targets = dict(list_inputs(target))
     missing = sorted(set(entries) - set(targets))
     if missing:

@@ -159,8 +159,7 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [json.dumps(e) for e in read_metrics(self.path) if e.get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -173,5 +172,16 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """All entries of a metrics.jsonl file, in order."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All entries of a metrics.jsonl file, in order. A last line cut short by a crash is left out; a
+    damaged line elsewhere is an error naming the file and the line."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entries.append(json.loads(line))
+        except ValueError as err:
+            if number == len(lines):   # torn by a kill while appending
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({err}); the file is damaged - delete it or "
+                             "remove that line") from err
+    return entries

@@ -24,6 +24,7 @@ import numpy as np
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
 from emdiffuse_jax.data import intensity as intensity_lib
+from emdiffuse_jax.data import io
 from emdiffuse_jax.diffusion import objectives, schedules
 from emdiffuse_jax.optim import make_optimizer
 from emdiffuse_jax.train_config import TASKS, VEM_TASKS
@@ -68,8 +69,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"(the UNet halves the image {len(config.model.channel_mults) - 1} times)")
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
-    if config.num_steps < 1 or config.log_every < 1:
-        raise ValueError("num_steps and log_every must be >= 1")
+    positive = {"batch_size": config.batch_size, "num_steps": config.num_steps, "log_every": config.log_every,
+                "data.patch_size": config.data.patch_size, "data.val_batch_size": config.data.val_batch_size,
+                "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep,
+                "eval.sample_steps": config.eval.sample_steps, "eval.num_samples": config.eval.num_samples,
+                "optim.learning_rate": config.optim.learning_rate}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"config.{name} must be > 0, got {value}")
+    at_least_zero = {"eval.every_steps": config.eval.every_steps, "checkpoint.keep_best": config.checkpoint.keep_best,
+                     "optim.warmup_steps": config.optim.warmup_steps, "optim.grad_clip_norm": config.optim.grad_clip_norm,
+                     "eval.num_images": config.eval.num_images}
+    for name, value in at_least_zero.items():
+        if not value >= 0:
+            raise ValueError(f"config.{name} must be >= 0, got {value}")
+    if not 0 <= config.ema_decay < 1:
+        raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+    if not 0 <= config.data.val_fraction < 1:
+        raise ValueError(f"config.data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     checkpointing.check_weights(config.eval.weights)
 
 
@@ -195,11 +212,21 @@ def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: in
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) ``config`` in ``workdir`` up to config.num_steps; returns the final state."""
     check_config(config)
-    workdir = Path(workdir)
+    workdir = io.check_output_folder(workdir)
+    if config.init_from and not Path(config.init_from).exists():
+        raise FileNotFoundError(f"config.init_from {config.init_from} does not exist; pass a trained workdir, a "
+                                "checkpoint step folder or a reference .pth")
+    # The data (with the intensity contract a resumed run's checkpoints store) is opened before the workdir
+    # is touched, so bad data leaves nothing behind.
+    newest = checkpointing.newest_readable_meta(workdir / checkpointing.CHECKPOINT_DIR)
+    stored = newest[1].get(intensity_lib.META_KEY) if newest is not None else None
+    train_source, val_source = build_sources(config, intensity_lib.Intensity.from_dict(stored) if stored else None)
+    if newest is not None and stored is None and train_source.intensity is not None:
+        log.warning("resuming a run trained before the intensity contract existed (each image normalised by its own "
+                    "statistics): from now on the data is mapped with a contract fitted on the training set, so "
+                    "the model sees a changed intensity mapping; start a new workdir to train on one mapping")
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(config.to_dict()), indent=2))
 
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size, jax.process_count())
@@ -217,9 +244,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         keep_best=config.checkpoint.keep_best if config.eval.every_steps else 0,
         best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode)
     ckpt.check_compatible(identity)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, parallel.with_sharding(abstract, shardings))
+    restored = ckpt.restore_newest_complete(parallel.with_sharding(abstract, shardings))
+    contract = {} if train_source.intensity is None else {intensity_lib.META_KEY: train_source.intensity.to_dict()}
+    if is_main:  # only once the workdir is known to fit this configuration
+        (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable({**config.to_dict(), **contract}),
+                                                        indent=2))
+    if train_source.intensity is None:
+        log.warning("the training data carries no intensity contract (a prepared dataset written before it "
+                    "existed): checkpoints will not store one and prediction falls back to per-image mapping; "
+                    "prepare the dataset again to fix this")
+    else:
+        log.info("intensity contract: input %s, target %s", _describe(train_source.intensity.input),
+                 _describe(train_source.intensity.target))
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        state = restored[1]
         log.info("resuming from %s at step %d", ckpt.directory / str(latest), latest)
     elif config.init_from:
         loaded = checkpointing.load_model(config.init_from, task=config.task, unet=unet)
@@ -233,26 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     step = int(jax.device_get(state.step))
     meta = {**identity, "z_factor": int(config.data.z_factor) if vem else None,
-            "patch_size": int(config.data.patch_size), "config": config.to_dict()}
+            "patch_size": int(config.data.patch_size), "config": config.to_dict(), **contract}
     if step >= config.num_steps:
         log.info("workdir already at step %d >= num_steps %d; nothing to do", step, config.num_steps)
         ckpt.close()
         return state
 
-    stored = checkpointing.read_meta(ckpt.directory / str(latest)).get(intensity_lib.META_KEY) \
-        if latest is not None else None
-    train_source, val_source = build_sources(config, intensity_lib.Intensity.from_dict(stored) if stored else None)
-    if train_source.intensity is None:
-        log.warning("the training data carries no intensity contract (a prepared dataset written before it "
-                    "existed): checkpoints will not store one and prediction falls back to per-image mapping; "
-                    "prepare the dataset again to fix this")
-    else:
-        meta[intensity_lib.META_KEY] = train_source.intensity.to_dict()
-        log.info("intensity contract: input %s, target %s", _describe(train_source.intensity.input),
-                 _describe(train_source.intensity.target))
-        if is_main:
-            (workdir / "config.json").write_text(json.dumps(checkpointing.jsonable(
-                {**config.to_dict(), intensity_lib.META_KEY: meta[intensity_lib.META_KEY]}), indent=2))
     train_step, validate = programs.train_step, None
     batch_sharding = parallel.batch_sharding(mesh)
     base_key = jax.device_put(train_key, parallel.replicated(mesh))

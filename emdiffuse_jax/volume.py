@@ -6,7 +6,8 @@ two input slices of the current slab are in memory.
 
 On disk (in the output folder), by output format:
   .partial/           work in progress: mean and std as TIFF slice folders (tiff, tiff-slices) or OME-Zarr
-                      images (ome-zarr), and progress.json (settings + finished slabs, replaced atomically
+                      images (ome-zarr), and progress.json (settings, input identity: file sizes and times
+                      and a digest of every slice, checkpoint step, finished slabs; replaced atomically
                       after every slab)
   mean.tif            tiff (default): the isotropic volume, one multi-page ImageJ TIFF in the input's dtype
                       and intensity range, with its voxel size (Fiji: File > Open shows the scale)
@@ -16,16 +17,18 @@ On disk (in the output folder), by output format:
                       multiscale pyramid (data/ome_zarr.py)
   report.json         settings, voxel sizes, per-slab uncertainty scores, timings
 Voxel size: the input's (from its metadata, or `voxel_size`) with z divided by Z: a 4 x 4 x 50 nm ssTEM
-stack with Z = 6 gives 4 x 4 x 8.33 nm. The final names appear only when every slab is done (the
-.partial folder is renamed at the end), so an
-interrupted run never leaves a complete-looking volume. Rerunning the same command resumes: slabs listed
-in progress.json are not recomputed. Every slab's keys derive from (seed, slab), so a resumed volume is
-identical to an uninterrupted one.
+stack with Z = 6 gives 4 x 4 x 8.33 nm. The final names appear only when every slab is done (mean and
+std are moved out of .partial at the end), so an interrupted run never leaves a complete-looking volume.
+Rerunning the same command resumes: slabs listed in progress.json are not recomputed; a run killed while
+finalising (the report is then already in progress.json) only completes the moves. A resume whose
+settings, input (file sizes and times, or the content of any slice) or checkpoint step differ is refused
+with what differs. Every slab's keys derive from (seed, slab), so a resumed volume is identical to an
+uninterrupted one. The output folder may hold nothing but these names.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import pathlib
 import shutil
@@ -35,7 +38,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from emdiffuse_jax import inference, uncertainty
+from emdiffuse_jax import inference, run_state, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, ome_zarr
 
@@ -46,12 +49,6 @@ _FINAL_NAMES = {"tiff": ("mean.tif", "std.tif"), "tiff-slices": ("mean", "std"),
 def isotropic_depth(num_slices: int, z_factor: int) -> int:
     """Number of output slices: (N - 1) * Z + 1."""
     return (num_slices - 1) * z_factor + 1
-
-
-def _atomic_json(path: pathlib.Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class _SliceStore:
@@ -102,11 +99,16 @@ def suggest_z_factor(voxel_size) -> int | None:
     return max(2, round(z / ((y + x) / 2)))
 
 
-def _check_paths(input_path: pathlib.Path, output: pathlib.Path) -> None:
-    inp, out = input_path.resolve(), output.resolve()
-    if inp == out or out in inp.parents or (inp.is_dir() and inp in out.parents):
-        raise ValueError(f"output folder {output} overlaps the input {input_path}; choose a separate folder so "
-                         "the input can never be overwritten")
+PROGRESS = "progress.json"
+
+
+def progress_file(output: str | os.PathLike) -> pathlib.Path:
+    """Where an unfinished reconstruction into `output` keeps its settings and finished slabs."""
+    return pathlib.Path(output) / ".partial" / PROGRESS
+
+
+def _slice_digest(plane: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(plane).tobytes()).hexdigest()[:16]
 
 
 def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, output: str | os.PathLike,
@@ -118,21 +120,25 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                 voxel_size=None, log: Callable[[str], None] = print) -> dict:
     """Reconstructs the isotropic volume of `input_path` into the folder `output`; returns the report.
 
-    settings: extra JSON-able run settings (checkpoint, sampler...) stored with the progress; resuming with
-    different settings is refused. intensity: the checkpoint's contract (`intensity.from_meta`);
-    normalization: a mode of `intensity.prediction_mapping` ('auto' = the contract, or per volume when
-    there is none); generated slices are written in the input volume's dtype. voxel_size: the input's
-    (z, y, x) in nm, overriding what its metadata says (None: read it; axes still unknown are left out of
-    the output's metadata). A Z far from the voxel size's z / xy ratio is warned about (the output will not
-    be isotropic).
+    settings: extra JSON-able run settings (checkpoint, its step, sampler...) stored with the progress.
+    What identifies the run (every setting, the input's files by size and modification time, and the
+    digest of every input slice) is recorded at the start; a resume that differs in any of them is refused
+    with what differs, so slabs of two runs never mix. A rerun of a finished run returns its report.
+    intensity: the checkpoint's contract (`intensity.from_meta`); normalization: a mode of
+    `intensity.prediction_mapping` ('auto' = the contract, or per volume when there is none); generated
+    slices are written in the input volume's dtype. voxel_size: the input's (z, y, x) in nm, overriding what
+    its metadata says (None: read it; axes still unknown are left out of the output's metadata). A Z far
+    from the voxel size's z / xy ratio is warned about (the output will not be isotropic).
     """
     fmt = "ome-zarr" if fmt == "zarr" else fmt
     if fmt not in FORMATS:
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
-    tile, overlap = restorer.resolve_tiling(tile, overlap)
-    input_path, output = pathlib.Path(input_path), pathlib.Path(output)
+    if z_factor < 2:
+        raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
+    tile, overlap = restorer.resolve_tiling(tile, overlap)   # bad tile/overlap: fail before writing
+    input_path = pathlib.Path(input_path)
+    output = io.check_output_folder(output, [input_path])
     volume = io.read_volume(input_path, lazy=True, dataset=dataset)
-    _check_paths(input_path, output)
     n, height, width = volume.shape
     depth = isotropic_depth(n, z_factor)
     in_voxel = tuple(voxel_size) if voxel_size is not None else io.read_voxel_size(input_path, dataset)
@@ -140,42 +146,88 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         raise ValueError(f"voxel_size needs three values (z, y, x) in nm, got {in_voxel}")
     in_voxel = in_voxel or (None, None, None)
     out_voxel = (None if in_voxel[0] is None else in_voxel[0] / z_factor,) + tuple(in_voxel[1:])
-    finals = [output / name for name in _FINAL_NAMES[fmt]] + [output / "report.json"]
-    if any(p.exists() for p in finals):
-        raise ValueError(f"{output} already holds a finished reconstruction; choose a new output folder")
+    names = _FINAL_NAMES[fmt]
+    progress_path = progress_file(output)
+    partial = progress_path.parent
+    if output.is_dir():
+        foreign = sorted(p.name for p in output.iterdir() if p.name not in (*names, "report.json", ".partial"))
+        if foreign:
+            raise io.DataError(f"{output} holds files this run does not write ({', '.join(foreign[:3])}); "
+                               "isotropic.py writes only into a new or empty folder - choose a new output folder")
+    # One pass over the input before anything is written: every slice is readable, and what was read is
+    # recorded (a digest per slice), so a resume can prove it continues on the very same data.
+    digests = [_slice_digest(volume[z]) for z in range(n)]
     try:
         mapping = intensity_lib.prediction_mapping(volume, intensity, normalization, name=str(input_path))
     except ValueError as err:
         raise io.DataError(f"{input_path}: {err}") from err
-    run_settings = {"input": str(input_path.resolve()), "shape": [n, height, width], "z_factor": z_factor,
-                    "num_samples": num_samples, "seed": seed, "tile": tile, "overlap": overlap,
-                    "tiling": restorer.tiling,
-                    "harmonize": harmonize, "format": fmt, intensity_lib.META_KEY: mapping.to_dict(),
-                    **(settings or {})}
-    if z_factor < 2:
-        raise ValueError(f"z_factor must be >= 2 (slices generated = z_factor - 1), got {z_factor}")
-    partial = output / ".partial"
-    progress_path = partial / "progress.json"
+    run_settings = run_state.as_json(
+        {"input": str(input_path.resolve()), "input_identity": io.file_identity(input_path),
+         "input_digest": hashlib.sha256("".join(digests).encode()).hexdigest()[:16],
+         "shape": [n, height, width], "z_factor": z_factor, "num_samples": num_samples, "seed": seed,
+         "tile": tile, "overlap": overlap, "tiling": restorer.tiling, "harmonize": harmonize, "format": fmt,
+         intensity_lib.META_KEY: mapping.to_dict(), "voxel_size_nm": list(in_voxel), **(settings or {})})
+    if (output / "report.json").exists():
+        report = run_state.read_json(output / "report.json", "report", f"delete {output} and run again")
+        diff = run_state.settings_difference(report.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{output} already holds a finished reconstruction with other settings ({diff}); "
+                               "choose a new output folder")
+        shutil.rmtree(partial, ignore_errors=True)   # left only by a kill after the report was written
+        log(f"{output} already holds this finished reconstruction; nothing to do")
+        return report
     if progress_path.exists():
-        progress = json.loads(progress_path.read_text())
-        wanted = json.loads(json.dumps(run_settings))
-        if progress["settings"] != wanted:
-            differ = sorted(k for k in set(wanted) | set(progress["settings"])
-                            if wanted.get(k) != progress["settings"].get(k))
-            raise ValueError(f"{output} holds the unfinished run {partial} with other settings "
-                             f"({', '.join(differ)} differ); rerun with its settings to resume, delete {partial} "
-                             "to start over, or choose a new output folder")
+        progress = run_state.read_json(progress_path, "progress file", f"delete {partial} to start over")
+        diff = run_state.settings_difference(progress.get("settings", {}), run_settings)
+        if diff:
+            raise io.DataError(f"{partial} holds an unfinished run with other settings ({diff}); rerun with the "
+                               f"same settings, input and checkpoint to resume, or delete {partial} to start over")
         log(f"resuming: {len(progress['done'])} of {n - 1} slabs already done")
+    elif any((output / name).exists() for name in names):
+        raise io.DataError(f"{output} already holds a volume ({' or '.join(names)}) but no report or progress of "
+                           "this run; choose a new output folder")
     else:
         partial.mkdir(parents=True, exist_ok=True)
         progress = {"settings": run_settings, "done": {}}
-        _atomic_json(progress_path, progress)
+        run_state.write_json(progress_path, progress)
     suggested = suggest_z_factor(in_voxel)
     if suggested is not None and abs(z_factor - suggested) > 0.25 * suggested:
         log(f"warning: the voxel size {_describe(in_voxel)} suggests --z_factor={suggested} (z / x-y spacing) for "
             f"an isotropic output; with {z_factor} the output z spacing is {out_voxel[0]:.3g} nm")
+    shape = (depth, height, width)
+    if "report" not in progress:   # not yet finalising
+        report = _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt,
+                                    mapping, out_voxel, num_samples=num_samples, seed=seed, tile=tile,
+                                    overlap=overlap, harmonize=harmonize, log=log)
+        scores = report["slab_scores"]
+        progress["report"] = {"settings": run_settings, **report, "threshold": threshold,
+                              "unreliable_slabs": [i for i, s in enumerate(scores) if s is not None and s > threshold]}
+        run_state.write_json(progress_path, progress)   # from here on a rerun only completes the moves below
+    for name, final, dtype in zip(("mean", "std"), names, (volume.dtype, np.float32)):
+        if not (output / final).exists():   # else moved before a kill
+            store = _SliceStore(partial, name, fmt, shape, dtype, out_voxel)
+            os.replace(store.finish(), output / final)
+    run_state.write_json(output / "report.json", progress["report"])
+    shutil.rmtree(partial)
+    return progress["report"]
+
+
+def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, mapping, out_voxel,
+                       *, num_samples, seed, tile, overlap, harmonize, log) -> dict:
+    """Computes every slab not yet listed in progress['done'] into partial/ (the volumes complete); returns
+    the report body. Every slice read must still have the digest of the first pass (`digests`)."""
+    n, height, width = volume.shape
+    depth = isotropic_depth(n, z_factor)
     mean_store = _SliceStore(partial, "mean", fmt, (depth, height, width), volume.dtype, out_voxel)
     std_store = _SliceStore(partial, "std", fmt, (depth, height, width), np.float32, out_voxel)
+
+    def read(z: int) -> np.ndarray:
+        plane = volume[z]
+        if _slice_digest(plane) != digests[z]:
+            raise io.DataError(f"{input_path}: slice {z} changed while this run was reading the volume; leave the "
+                               f"input alone while it runs, then rerun (or delete {partial} to start over)")
+        return plane
+
     base_key = jax.random.key(seed)
     zero = np.zeros((height, width), np.float32)
     start, done_now = time.perf_counter(), 0
@@ -184,11 +236,12 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         if str(i) in progress["done"]:
             continue
         t0 = time.perf_counter()
-        earlier, later = (mapping.input_to_model(volume[j]) for j in (i, i + 1))
+        first, second = read(i), read(i + 1)
+        earlier, later = (mapping.input_to_model(v) for v in (first, second))
         pred = inference.predict_between(restorer, earlier, later, z_factor, jax.random.fold_in(base_key, i),
                                          num_samples=num_samples, tile=tile, overlap=overlap,
                                          harmonize=harmonize, name=f"{input_path} slices {i},{i + 1}")
-        mean_store.write(i * z_factor, volume[i])
+        mean_store.write(i * z_factor, first)
         std_unit = pred.std / 2.0
         for c in range(z_factor - 1):
             mean_store.write(i * z_factor + c + 1, mapping.output_from_model(pred.mean[c], volume.dtype))
@@ -196,28 +249,21 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         std_store.write(i * z_factor, zero)
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None
         progress["done"][str(i)] = {"score": score, "seconds": time.perf_counter() - t0}
-        _atomic_json(progress_path, progress)
+        run_state.write_json(partial / PROGRESS, progress)
         done_now += 1
         log(f"slab {i + 1}/{n - 1}: " + inference.progress_line(done_now, todo, time.perf_counter() - start, restorer,
                                                               pred.num_tiles, num_samples * (z_factor - 1))
             + f", this slab {time.perf_counter() - t0:.1f} s"
             + (f", uncertainty {score:.4f}" if score is not None else ""))
-    mean_store.write(depth - 1, volume[n - 1])
+    mean_store.write(depth - 1, read(n - 1))
     std_store.write(depth - 1, zero)
-    scores = [progress["done"][str(i)]["score"] for i in range(n - 1)]
-    report = {"settings": run_settings, "input_shape": [n, height, width], "output_shape": [depth, height, width],
-              "voxel_size_nm": {"input": list(in_voxel), "output": list(out_voxel), "axes": "zyx"},
-              "threshold": threshold,
-              "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
-              "slab_scores": scores,
-              "unreliable_slabs": [i for i, s in enumerate(scores) if s is not None and s > threshold],
-              "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
-              "seconds_this_run": time.perf_counter() - start}
-    for store, final in zip((mean_store, std_store), finals[:2]):
-        os.replace(store.finish(), final)
-    _atomic_json(output / "report.json", report)
-    shutil.rmtree(partial)
-    return report
+    in_voxel = progress["settings"]["voxel_size_nm"]
+    return {"input_shape": [n, height, width], "output_shape": [depth, height, width],
+            "voxel_size_nm": {"input": list(in_voxel), "output": list(out_voxel), "axes": "zyx"},
+            "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
+            "slab_scores": [progress["done"][str(i)]["score"] for i in range(n - 1)],
+            "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
+            "seconds_this_run": time.perf_counter() - start}
 
 
 def _describe(voxel) -> str:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from emdiffuse_jax.data import io
 from emdiffuse_jax.demo import run_demo
@@ -17,3 +18,18 @@ def test_demo_trains_restores_and_reports(tmp_path):
     assert mean.shape == (96, 96) and mean.dtype == np.uint8
     assert np.isfinite(summary["psnr_restored_db"]) and summary["uncertainty_score"] > 0
     assert json.loads((tmp_path / "demo_summary.json").read_text()) == summary
+
+    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
+    logs = []
+    assert run_demo(tmp_path, steps=20, num_samples=2, sampler_steps=3, image_size=96, log=logs.append) == summary
+    assert any("already holds this finished prediction" in m for m in logs)   # the README's "a rerun resumes"
+    assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before
+
+
+@pytest.mark.parametrize("kwargs, message", [({"num_samples": 0}, "num_samples >= 1"),
+                                             ({"sampler_steps": 1}, "at least 2 steps"),
+                                             ({"sampler": "euler"}, "unknown sampler")])
+def test_demo_rejects_bad_settings_before_training(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_demo(tmp_path / "demo", steps=20, log=lambda _: None, **kwargs)
+    assert not (tmp_path / "demo").exists()

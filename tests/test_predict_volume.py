@@ -1,6 +1,8 @@
 """Isotropic reconstruction: slice interleaving, resume without recomputation, atomic outputs, bad inputs."""
 
 import json
+import os
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import tifffile
 
 from conftest import shared_path
-from emdiffuse_jax import inference, volume
+from emdiffuse_jax import inference, run_state, volume
 from emdiffuse_jax.data import io
 from emdiffuse_jax.diffusion import samplers
 
@@ -98,19 +100,25 @@ def test_resume_with_other_settings_is_refused(stack, tmp_path):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=2, tile=32, overlap=8,
                            log=interrupt)
     # The refusal names the leftover folder, what differs and how to start over.
-    with pytest.raises(ValueError, match=r"unfinished run \S+\.partial with other settings \(num_samples differ\).*"
-                                         r"delete \S+\.partial to start over"):
+    with pytest.raises(ValueError, match=r"\S+\.partial holds an unfinished run with other settings "
+                                         r"\(num_samples: 2 -> 3\).*delete \S+\.partial to start over"):
         volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=3, tile=32, overlap=8,
                            log=lambda s: None)
 
 
 def test_finished_output_and_input_are_never_overwritten(stack, tmp_path):
     path, slices = stack
-    volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=1, tile=32, overlap=8,
-                       log=lambda s: None)
-    with pytest.raises(ValueError, match="finished reconstruction"):
-        volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=1, tile=32, overlap=8,
+    first = volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=1, tile=32, overlap=8,
+                               log=lambda s: None)
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "o").rglob("*")}
+    logs = []
+    assert volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=1, tile=32, overlap=8,
+                              log=logs.append) == first   # a rerun of the finished command changes nothing
+    assert "already holds this finished reconstruction" in logs[0]
+    with pytest.raises(ValueError, match="finished reconstruction with other settings.*seed: 0 -> 1"):
+        volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, num_samples=1, seed=1, tile=32, overlap=8,
                            log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "o").rglob("*")} == written
     folder = tmp_path / "slices"
     folder.mkdir()
     for i, s in enumerate(slices):
@@ -190,3 +198,103 @@ def test_sstem_crop_reconstruction_carries_4_nm_xy_and_8_33_nm_z_in_tiff_and_ome
     (multiscale,) = image.attributes.multiscales
     assert [a.name for a in multiscale.axes] == ["z", "y", "x"] and {a.unit for a in multiscale.axes} == {"nanometer"}
     assert multiscale.datasets[0].coordinateTransformations[0].scale == pytest.approx([50 / 6, 4.0, 4.0])
+
+
+def _interrupt_at(prefix):
+    def log(msg):
+        if msg.startswith(prefix):
+            raise KeyboardInterrupt
+    return log
+
+
+def test_resume_after_the_input_changed_is_refused_and_nothing_is_mixed(stack, tmp_path):
+    path, slices = stack
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        volume.reconstruct(make_restorer(), path, out, Z, num_samples=2, tile=32, overlap=8,
+                           log=_interrupt_at("slab 2/3"))
+    partial_before = {p: p.stat().st_mtime_ns for p in (out / ".partial").rglob("*")}
+    changed = slices.copy()
+    changed[2] += 1
+    tifffile.imwrite(path, changed, photometric="minisblack")
+    with pytest.raises(io.DataError, match=r"\.partial holds an unfinished run with other settings \(input_digest.*input_identity"):
+        volume.reconstruct(make_restorer(), path, out, Z, num_samples=2, tile=32, overlap=8, log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in (out / ".partial").rglob("*")} == partial_before
+
+
+def test_a_changed_slice_is_caught_by_its_digest_even_with_the_same_file_identity(stack, tmp_path):
+    path, slices = stack
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        volume.reconstruct(make_restorer(), path, out, Z, num_samples=2, tile=32, overlap=8,
+                           log=_interrupt_at("slab 1/3"))
+    stat = path.stat()
+    changed = slices.copy()
+    changed[3, 0, 0] += 1  # a slice no finished slab used
+    tifffile.imwrite(path, changed, photometric="minisblack")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # same size and time: a copy that kept them
+    with pytest.raises(io.DataError, match=r"unfinished run with other settings \(input_digest"):
+        volume.reconstruct(make_restorer(), path, out, Z, num_samples=2, tile=32, overlap=8, log=lambda s: None)
+
+
+def test_a_run_killed_while_finalising_is_completed_by_the_rerun(stack, tmp_path, monkeypatch):
+    path, _ = stack
+    reference = volume.reconstruct(make_restorer(), path, tmp_path / "ref", Z, num_samples=2, tile=32, overlap=8,
+                                   log=lambda s: None)
+    out = tmp_path / "o"
+    real_replace = os.replace
+
+    def killed_after_mean(src, dst):
+        if pathlib.Path(src).name == "std.tif" and pathlib.Path(src).parent.name == ".partial":
+            raise KeyboardInterrupt   # killed between moving mean.tif and std.tif
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(volume.os, "replace", killed_after_mean)
+    with pytest.raises(KeyboardInterrupt):
+        volume.reconstruct(make_restorer(), path, out, Z, num_samples=2, tile=32, overlap=8, log=lambda s: None)
+    monkeypatch.setattr(volume.os, "replace", real_replace)
+    assert (out / "mean.tif").is_file() and not (out / "std.tif").exists() and not (out / "report.json").exists()
+    calls = []
+    restorer = make_restorer()
+    restorer.sample = lambda *a, **k: calls.append(1)
+    report = volume.reconstruct(restorer, path, out, Z, num_samples=2, tile=32, overlap=8, log=lambda s: None)
+    assert not calls and not (out / ".partial").exists()
+    assert report["slab_scores"] == reference["slab_scores"]
+    np.testing.assert_array_equal(io.read_volume(out / "std.tif"), io.read_volume(tmp_path / "ref" / "std.tif"))
+    np.testing.assert_array_equal(io.read_volume(out / "mean.tif"), io.read_volume(tmp_path / "ref" / "mean.tif"))
+
+
+def test_a_damaged_progress_file_is_named_with_the_fix(stack, tmp_path):
+    path, _ = stack
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        volume.reconstruct(make_restorer(), path, out, Z, tile=32, overlap=8, log=_interrupt_at("slab 1/3"))
+    (out / ".partial" / "progress.json").write_text('{"settings": {"inp')
+    with pytest.raises(io.DataError, match=r"progress.json: cannot read this progress file.*delete .*\.partial"):
+        volume.reconstruct(make_restorer(), path, out, Z, tile=32, overlap=8, log=lambda s: None)
+    with pytest.raises(io.DataError, match="progress.json: cannot read"):
+        run_state.recorded_checkpoint_step(volume.progress_file(out))
+
+
+def test_an_output_folder_holding_other_files_is_refused(stack, tmp_path):
+    path, _ = stack
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    with pytest.raises(io.DataError, match=r"holds files this run does not write \(keep.txt\)"):
+        volume.reconstruct(make_restorer(), path, tmp_path / "o", Z, tile=32, overlap=8, log=lambda s: None)
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine" and len(list((tmp_path / "o").iterdir())) == 1
+
+
+def test_a_resume_is_pinned_to_the_checkpoint_step_it_started_with(stack, tmp_path):
+    """launch/isotropic.py records the step it loaded and loads that one on resume (run_state); a run whose
+    step differs (a newer checkpoint picked up) is refused rather than mixed into the volume."""
+    path, _ = stack
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        volume.reconstruct(make_restorer(), path, out, Z, tile=32, overlap=8, settings={"checkpoint_step": 4},
+                           log=_interrupt_at("slab 1/3"))
+    assert run_state.recorded_checkpoint_step(volume.progress_file(out)) == 4
+    assert run_state.recorded_checkpoint_step(volume.progress_file(tmp_path / "new")) is None
+    with pytest.raises(io.DataError, match=r"other settings \(checkpoint_step: 4 -> 6\)"):
+        volume.reconstruct(make_restorer(), path, out, Z, tile=32, overlap=8, settings={"checkpoint_step": 6},
+                           log=lambda s: None)

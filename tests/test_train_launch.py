@@ -65,3 +65,30 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_losses(tmp_path):
     assert sorted(got) == list(range(1, 15))
     assert [got[s] for s in sorted(got)] == [want[s] for s in sorted(want)]
     assert json.loads((killed / "config.json").read_text())["num_steps"] == 14
+
+
+@pytest.mark.slow
+def test_run_sigkilled_during_a_checkpoint_save_resumes_to_the_uninterrupted_losses(tmp_path):
+    """SIGKILL the moment a save's temporary folder appears: the resumed run still matches step for step."""
+    overrides = ["--config.num_steps=12", "--config.log_every=1", "--config.checkpoint.every_steps=2",
+                 "--config.eval.every_steps=0"]
+    reference = tmp_path / "reference"
+    subprocess.run(_train_command("emdiffuse_n.py:tiny", reference, *overrides), env=_env(), check=True,
+                   capture_output=True, timeout=1200)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command("emdiffuse_n.py:tiny", killed, *overrides), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, caught, ckpts = time.time() + 1200, None, killed / "checkpoints"
+    while time.time() < deadline and process.poll() is None and caught is None:
+        entries = [p.name for p in ckpts.iterdir()] if ckpts.is_dir() else []
+        if any(name.isdigit() for name in entries):   # one save done: kill inside a later one
+            caught = next((name for name in entries if "tmp" in name), None)
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert caught is not None, "no save was in progress when the run ended"
+    result = subprocess.run(_train_command("emdiffuse_n.py:tiny", killed, *overrides), env=_env(),
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want, got = _losses(reference), _losses(killed)
+    assert sorted(got) == list(range(1, 13)) and [got[s] for s in sorted(got)] == [want[s] for s in sorted(want)]

@@ -3,6 +3,7 @@ identity checks, the inference loader, and the files a run leaves in its workdir
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -179,3 +180,32 @@ def test_init_from_a_trained_workdir_starts_from_its_weights(runs, tmp_path, mon
     config.model.inner_channel = 32
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match="do not fit"):
         train.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("damage", ["state_deleted", "state_truncated", "meta_missing"])
+def test_resume_falls_back_over_a_damaged_newest_checkpoint_and_a_torn_metrics_line(runs, tmp_path, monkeypatch,
+                                                                                     caplog, damage):
+    monkeypatch.setattr(train, "build_sources", stripe_sources)
+    config = tiny_config()
+    config.num_steps = 4
+    train.train_and_evaluate(config, str(tmp_path))   # checkpoints at steps 2 and 4
+    newest = tmp_path / "checkpoints" / "4"
+    if damage == "state_deleted":     # e.g. a disk that filled up while the save was being written
+        shutil.rmtree(newest / "state")
+    elif damage == "state_truncated":
+        for p in (newest / "state").rglob("*"):
+            if p.is_file() and p.parent.name == "d":
+                p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    else:
+        shutil.rmtree(newest / "meta")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')   # a line cut short by a kill
+    config.num_steps = 6
+    with caplog.at_level("WARNING", logger="emdiffuse_jax"):
+        state = train.train_and_evaluate(config, str(tmp_path))
+    assert "checkpoint step 4 is damaged or incomplete" in caplog.text and "resuming from step 2" in caplog.text
+    assert (tmp_path / "damaged_checkpoints" / "4").is_dir()   # kept for inspection, not deleted
+    full = _losses(runs["full"])
+    assert _losses(tmp_path) == full
+    for a, b in zip(jax.tree.leaves(runs["state_full"]), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

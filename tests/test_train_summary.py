@@ -3,6 +3,7 @@
 import struct
 
 import numpy as np
+import pytest
 
 from emdiffuse_jax import summary
 
@@ -88,3 +89,14 @@ def test_metrics_log_drops_entries_after_the_resumed_step(tmp_path):
     assert [(e["step"], e["loss"]) for e in summary.read_metrics(path)] == [(1, 0.1), (2, 0.2), (3, 0.5)]
     summary.MetricsLog(path)   # a fresh run starts a new file
     assert not path.exists()
+
+
+def test_a_last_line_torn_by_a_crash_is_dropped_and_a_damaged_one_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.1}\n{"step": 2, "loss": 0.2}\n{"step": 3, "lo')
+    assert [e["step"] for e in summary.read_metrics(path)] == [1, 2]
+    summary.MetricsLog(path, resume_step=2).write(3, loss=0.5)
+    assert [(e["step"], e["loss"]) for e in summary.read_metrics(path)] == [(1, 0.1), (2, 0.2), (3, 0.5)]
+    path.write_text('{"step": 1, "loss": 0.1}\n{"step": 2, oops}\n{"step": 3, "loss": 0.3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: line 2 is not JSON"):
+        summary.read_metrics(path)

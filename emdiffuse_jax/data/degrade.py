@@ -7,6 +7,7 @@ float64 arrays. `parse_degradation` turns the `--degrade` flag string into a cal
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -148,6 +149,15 @@ def parse_degradation(spec: str | None, task: str) -> Callable[[np.ndarray, np.r
               "down2": _down_step}.get(name.strip())
         if fn is None:
             raise ValueError(f"--degrade '{spec}': unknown step '{name}' (use poisson, scanline, blur, down2)")
+        known = [k for k in inspect.signature(fn).parameters if k not in ("x", "rng")]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"--degrade '{spec}': step '{name.strip()}' has no option {unknown[0]!r} "
+                             f"(options: {', '.join(known) or 'none'})")
+        try:  # a dry run on a tiny image: out-of-range values fail now, with the step named
+            fn(np.full((4, 4), 0.5), np.random.default_rng(0), **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"--degrade '{spec}': step '{name.strip()}': {exc}") from None
         steps.append((fn, kwargs))
     if task == "superres" and not any(fn is _down_step for fn, _ in steps):
         raise ValueError(f"--degrade '{spec}': super-resolution needs a 'down2' step")

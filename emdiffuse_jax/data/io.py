@@ -9,6 +9,7 @@ Readers never modify their input; writers refuse to overwrite unless asked.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import pathlib
@@ -26,6 +27,44 @@ SUPPORTED_DTYPES = tuple(
 
 class DataError(ValueError):
     """Bad or unreadable input; the message names the file, the problem and the fix."""
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # platforms without sysconf
+        return 16 << 30
+
+
+# A file whose pixels would take more than this to decode is refused before decoding (half the memory).
+MAX_DECODED_BYTES = _memory_bytes() // 2
+# ... and so is one that would decode to more than this many times its size on disk, once above 1 GiB:
+# no lossless codec reaches that on real EM data; only crafted "decompression bombs" do.
+MAX_EXPANSION = 1000
+
+
+def check_decoded_size(path: pathlib.Path, nbytes: int, what: str = "its pixels") -> None:
+    """Refuses to decode `nbytes` from `path` when it would not fit in memory or is a decompression bomb."""
+    size = max(path.stat().st_size, 1) if path.is_file() else None
+    if nbytes > MAX_DECODED_BYTES:
+        raise DataError(f"{path}: decoding {what} needs {nbytes / 2**30:.1f} GiB, more than half of this "
+                        f"machine's memory; crop or tile it, or convert it to Zarr (read slice by slice)")
+    if size is not None and nbytes > (1 << 30) and nbytes > MAX_EXPANSION * size:
+        raise DataError(f"{path}: {size} bytes on disk would decode to {nbytes / 2**30:.1f} GiB (over "
+                        f"{MAX_EXPANSION}x); this looks like a decompression bomb, not an image - re-export it")
+
+
+def read_failure(path: Any, exc: BaseException, kind: str) -> DataError:
+    """A DataError for a file that could not be read: permissions and empty files said as such."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return DataError(f"{path}: permission denied; make it readable (chmod u+r) or copy it somewhere readable")
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return DataError(f"{path}: cannot read ({exc.strerror}); check the file and the disk")
+    p = pathlib.Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        return DataError(f"{path}: empty file (0 bytes); the copy or export failed - redo it")
+    return DataError(f"{path}: cannot read {kind} ({type(exc).__name__}: {exc}); the file is truncated, "
+                     f"corrupt or not a {kind} - re-export it")
 
 
 def natural_key(name: str) -> list:
@@ -84,18 +123,48 @@ def _check_tiff_complete(tif, path: pathlib.Path) -> None:
                         "the file is truncated - copy or export it again")
 
 
+def _check_single_channel(series, path: pathlib.Path) -> None:
+    """Refuses multi-channel TIFFs (channels or samples per pixel other than grey/RGB/RGBA), which would
+    otherwise be read as a stack of thin images."""
+    for axis, allowed in (("S", (1, 3, 4)), ("C", (1,))):
+        if axis in series.axes:
+            n = series.shape[series.axes.index(axis)]
+            if n not in allowed:
+                raise DataError(f"{path}: holds {n} channels per pixel (shape {tuple(series.shape)}, axes "
+                                f"{series.axes}); EM images must be single-channel grey - save one channel "
+                                "(Fiji: Image > Color > Split Channels) and pass that")
+
+
+def tiff_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Shape of a TIFF's first series without length-1 axes (checked: complete, one channel)."""
+    import tifffile
+
+    path = _existing(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            _check_tiff_complete(tif, path)
+            _check_single_channel(tif.series[0], path)
+            return tuple(s for s in tif.series[0].shape if s != 1)
+    except DataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise read_failure(path, exc, "TIFF") from exc
+
+
 def _read_tiff(path: pathlib.Path) -> np.ndarray:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             _check_tiff_complete(tif, path)
+            series = tif.series[0]
+            _check_single_channel(series, path)
+            check_decoded_size(path, int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize)
             return tif.asarray()
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise DataError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc}); the file is truncated, "
-                        "corrupt or not a TIFF - re-export it") from exc
+        raise read_failure(path, exc, "TIFF") from exc
 
 
 def _read_png(path: pathlib.Path) -> np.ndarray:
@@ -103,13 +172,18 @@ def _read_png(path: pathlib.Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            check_decoded_size(path, im.width * im.height * len(im.getbands()) * (2 if "16" in im.mode else 1))
             im.load()
             if im.mode in ("P", "LA", "PA", "1"):
                 im = im.convert("L")
             return np.asarray(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: {exc}; a PNG this large is refused as a possible decompression bomb - "
+                        "convert it to TIFF") from exc
     except Exception as exc:
-        raise DataError(f"{path}: cannot read PNG ({type(exc).__name__}: {exc}); the file is truncated, "
-                        "corrupt or not a PNG - re-export it") from exc
+        raise read_failure(path, exc, "PNG") from exc
 
 
 def _existing(path: str | os.PathLike) -> pathlib.Path:
@@ -139,8 +213,11 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
     folder = _existing(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    files = [p for p in folder.iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    try:
+        files = [p for p in folder.iterdir()
+                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    except OSError as exc:
+        raise read_failure(folder, exc, "folder") from exc
     if not files:
         raise DataError(f"{folder}: no images found (expected .tif, .tiff or .png files)")
     return sorted(files, key=lambda p: natural_key(p.name))
@@ -207,13 +284,14 @@ class LazyVolume:
         return out if dtype is None else out.astype(dtype)
 
 
-class _TensorStoreArray:
-    """Numpy-style read access to a tensorstore array (N5 or Zarr via tensorstore)."""
+class _CheckedArray:
+    """Numpy-style read access to a chunked array (Zarr, or N5 via tensorstore) whose read failures
+    (a corrupt or missing chunk, a codec error) become a DataError naming the container and the index."""
 
-    def __init__(self, store, name: str):
-        self._store = store
-        self.shape = tuple(int(s) for s in store.shape)
-        self.dtype = np.dtype(store.dtype.numpy_dtype)
+    def __init__(self, read: Callable[[Any], np.ndarray], shape: Sequence[int], dtype: Any, name: str):
+        self._read = read
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
         self.name = name
 
@@ -221,11 +299,21 @@ class _TensorStoreArray:
         return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
-        return np.asarray(self._store[index].read().result())
+        try:
+            return np.asarray(self._read(index))
+        except Exception as exc:  # codecs and stores raise many types
+            raise DataError(f"{self.name}: cannot read [{_index_text(index)}] ({type(exc).__name__}: {exc}); "
+                            "a chunk is corrupt or missing - copy or export the volume again") from exc
 
     def __array__(self, dtype=None, copy=None):
         out = self[...]
         return out if dtype is None else out.astype(dtype)
+
+
+def _index_text(index) -> str:
+    parts = index if isinstance(index, tuple) else (index,)
+    text = lambda i: f"{i.start or ''}:{'' if i.stop is None else i.stop}" if isinstance(i, slice) else str(i)  # noqa: E731
+    return ", ".join("..." if i is Ellipsis else text(i) for i in parts)
 
 
 def _open_zarr(path: pathlib.Path, dataset: str | None):
@@ -236,7 +324,7 @@ def _open_zarr(path: pathlib.Path, dataset: str | None):
     except Exception as exc:
         raise DataError(f"{path}: cannot open as Zarr ({type(exc).__name__}: {exc})") from exc
     if isinstance(node, zarr.Array):
-        return node
+        return _CheckedArray(node.__getitem__, node.shape, node.dtype, str(path))
     if dataset is None:
         multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
         if multiscales:  # OME-Zarr: level 0 is full resolution
@@ -247,9 +335,10 @@ def _open_zarr(path: pathlib.Path, dataset: str | None):
                 raise DataError(f"{path}: Zarr group holds arrays {sorted(names)}; name one with dataset=")
             dataset = names[0]
     try:
-        return node[dataset]
+        array = node[dataset]
     except KeyError as exc:
         raise DataError(f"{path}: Zarr group has no array '{dataset}'") from exc
+    return _CheckedArray(array.__getitem__, array.shape, array.dtype, f"{path}/{dataset}")
 
 
 def _open_n5(path: pathlib.Path, dataset: str | None):
@@ -261,7 +350,8 @@ def _open_n5(path: pathlib.Path, dataset: str | None):
     except Exception as exc:
         raise DataError(f"{target}: cannot open as N5 ({exc}); pass the dataset inside the container "
                         "with dataset=") from exc
-    return _TensorStoreArray(store, str(target))
+    return _CheckedArray(lambda index: store[index].read().result(), store.shape, store.dtype.numpy_dtype,
+                         str(target))
 
 
 def _is_zarr(path: pathlib.Path) -> bool:
@@ -325,17 +415,20 @@ def _tiff_volume(path: pathlib.Path) -> LazyVolume:
         with tifffile.TiffFile(path) as tif:
             _check_tiff_complete(tif, path)
             series = tif.series[0]
+            _check_single_channel(series, path)
             shape, dtype, axes = tuple(series.shape), series.dtype, series.axes
+            pages = len(tif.pages)
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc}); the file is truncated, "
-                        "corrupt or not a TIFF - re-export it") from exc
+        raise read_failure(path, exc, "TIFF") from exc
     squeezed = tuple(s for s in shape if s != 1) or (1,)
     if len(squeezed) == 2:
         squeezed = (1,) + squeezed
     if len(squeezed) != 3:
         raise DataError(f"{path}: expected a (Z, Y, X) stack, got shape {shape} (axes {axes})")
+
+    check_decoded_size(path, int(np.prod(squeezed[1:])) * np.dtype(dtype).itemsize, "one slice")
 
     def load(z: int) -> np.ndarray:
         try:
@@ -344,8 +437,6 @@ def _tiff_volume(path: pathlib.Path) -> LazyVolume:
             raise DataError(f"{path}: cannot read slice {z} ({type(exc).__name__}: {exc}); the file is "
                             "truncated or corrupt - re-export it") from exc
 
-    with tifffile.TiffFile(path) as tif:
-        pages = len(tif.pages)
     if pages != squeezed[0]:  # one page holds several slices: read once
         whole = np.asarray(_read_tiff(path)).reshape(squeezed)
         return LazyVolume(squeezed, dtype, lambda z: whole[z], str(path))
@@ -480,6 +571,49 @@ def read_tiff_metadata(path: str | os.PathLike) -> dict:
         raise DataError(f"{path}: cannot read TIFF metadata ({exc})") from exc
     voxel = read_voxel_size(path)
     return {"axes": axes, "voxel_size": voxel, "unit": "nm" if voxel is not None else None}
+
+
+def file_identity(path: str | os.PathLike) -> dict:
+    """What identifies an input for resuming: the number, total size and a digest of the (relative name,
+    size, modification time) of every file it consists of (a file, or every non-hidden file under a
+    folder, Zarr and N5 included). Editing, replacing, adding or removing a file changes it."""
+    import hashlib
+
+    path = pathlib.Path(path)
+    if path.is_file():
+        entries = [("", path.stat())]
+    else:
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            entries += [(str((pathlib.Path(root) / f).relative_to(path)), (pathlib.Path(root) / f).stat())
+                        for f in sorted(files) if not f.startswith(".")]
+    digest = hashlib.sha256("".join(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n" for name, st in entries).encode())
+    return {"files": len(entries), "bytes": sum(st.st_size for _, st in entries), "digest": digest.hexdigest()[:16]}
+
+
+def check_output_folder(output: str | os.PathLike, inputs: Sequence[Any] = ()) -> pathlib.Path:
+    """Checks, before anything is read or written, that `output` can be a fresh or resumable output folder:
+    not one of the inputs, not inside an input folder, not holding an input, not an existing file or under
+    one, and writable. Returns it as a Path; what may already be inside it is the caller's contract."""
+    output = pathlib.Path(output)
+    out = output.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        inp = pathlib.Path(given).resolve()
+        if inp == out or out in inp.parents or (inp.is_dir() and inp in out.parents):
+            raise DataError(f"output folder {output} overlaps the input {given}; choose a separate folder so "
+                            "the input can never be overwritten")
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: is an existing file, not a folder; choose a new folder for the output")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise DataError(f"{output}: lies under {existing}, which is a file; choose a folder path for the output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{output}: cannot write in {existing} (permission denied or read-only file system); "
+                        "choose a writable location for the output")
+    return output
 
 
 def _refuse_overwrite(path: pathlib.Path, overwrite: bool) -> None:

@@ -142,6 +142,33 @@ def _volume_examples(geo, z, patch, overlap, d0, d1, z_stride, thickness, norm, 
                        "name": f"d{first}@{int(y)},{int(x)}"}
 
 
+def check_options(task: str, *, patch_size: int, z_factor: int | None, degrade: str | None, overlap: float,
+                  val_fraction: float, z_stride: int, section_thickness: int) -> None:
+    """Every option of `prepare_dataset` in range, checked before anything is read (ValueError naming the
+    option and the fix)."""
+    samples.check_task(task)
+    if not isinstance(patch_size, (int, np.integer)) or patch_size < 8:
+        raise ValueError(f"patch_size must be an integer >= 8 pixels, got {patch_size}")
+    if task == "superres" and patch_size % 2:
+        raise ValueError(f"super-resolution needs an even patch_size (inputs are half size), got {patch_size}")
+    if not (0 <= overlap < 1 or 1 <= overlap < patch_size):
+        raise ValueError(f"overlap must be a fraction in [0, 1) or pixels in [1, patch_size {patch_size}), "
+                         f"got {overlap}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1) (0 = no validation split), got {val_fraction}")
+    if task in samples.VOLUME_TASKS:
+        if z_factor is None or z_factor < 2:
+            raise ValueError(f"{task} needs z_factor >= 2 (set --z_factor, the axial factor: z - 1 slices are "
+                             f"generated between two input slices), got {z_factor}")
+        if z_stride < 1 or section_thickness < 1:
+            raise ValueError(f"z_stride and section_thickness must be >= 1, got {z_stride} and {section_thickness}")
+        if degrade:
+            raise ValueError(f"degrade applies to clean 2D images only; {task} learns from the volume itself "
+                             "- drop --degrade")
+    elif degrade:
+        degrade_lib.parse_degradation(degrade, task)  # unknown steps or keys fail here, not after reading
+
+
 def prepare_dataset(task: str, input_path=None, target_path=None, *, output, patch_size: int = 256,
                     z_factor: int | None = None, degrade: str | None = None, overlap: float = 0.125,
                     normalization: str | None = None, val_fraction: float = 0.1, register: bool = True,
@@ -151,7 +178,9 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
 
     input_path None uses the built-in phantoms. See launch/prepare.py for the meaning of each option.
     """
-    samples.check_task(task)
+    check_options(task, patch_size=patch_size, z_factor=z_factor, degrade=degrade, overlap=overlap,
+                  val_fraction=val_fraction, z_stride=z_stride, section_thickness=section_thickness)
+    io.check_output_folder(output, [input_path, target_path])
     start = time.time()
     rejected: collections.Counter = collections.Counter()
     stream = stream or sys.stderr
@@ -160,8 +189,6 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
             "source": str(input_path) if input_path is not None else "built-in phantoms",
             "target": str(target_path) if target_path is not None else None}
     if task in samples.VOLUME_TASKS:
-        if z_factor is None or z_factor < 2:
-            raise ValueError(f"{task} needs z_factor >= 2, got {z_factor}")
         z = int(z_factor)
         volume = synthetic_volume(task, p, z) if input_path is None else io.read_volume(input_path, lazy=None)
         geo = samples.TripletVolume(volume, task, p)
@@ -187,6 +214,9 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
         if len(scales) > 1 or len(has_cond) > 1:
             raise io.DataError(f"{meta['source']}: mixes image pairs of different kinds (same-size and half-size "
                                "inputs, or with and without inputs); prepare them separately")
+        if True in has_cond and degrade:
+            raise io.DataError(f"{meta['source']}: holds acquired input/target pairs, so --degrade (for clean "
+                               "images only) would be ignored; drop --degrade or pass only the clean images")
         deg = None if True in has_cond else degrade_lib.parse_degradation(degrade, task)
         shapes = [q.target.shape for q in pairs]
         align = 2 if task == "superres" else 1

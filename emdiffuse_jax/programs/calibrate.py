@@ -16,7 +16,6 @@ Writes calibration.json and calibration.png (score vs error with the threshold; 
 """
 
 import json
-import pathlib
 import sys
 
 import numpy as np
@@ -85,38 +84,57 @@ def plot(path, scores, errors, thr, rcps):
     tmp.replace(path)
 
 
+OUTPUTS = ("calibration.json", "calibration.png")
+
+
+def check_flags() -> None:
+    """Every flag in range before anything is read (ValueError naming the flag)."""
+    if _BLOCK.value < 2:
+        raise ValueError(f"--block must be >= 2 pixels (the side of a calibration square), got {_BLOCK.value}")
+    for flag in (_ALPHA, _DELTA):
+        if not 0 < flag.value < 1:
+            raise ValueError(f"--{flag.name} must be in (0, 1), got {flag.value}")
+    if not _TOLERANCE.value > 0:
+        raise ValueError(f"--tolerance must be > 0 ([0, 1] intensity units), got {_TOLERANCE.value}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from emdiffuse_jax import restore, uncertainty
+    from emdiffuse_jax.data import io
+    from emdiffuse_jax.user_errors import clean_exit
 
-    try:  # bad input or an impossible calibration: message, no traceback
+    with clean_exit():  # bad input, an impossible calibration or a failing disk: one line, no traceback
+        check_flags()
+        out = io.check_output_folder(_OUTPUT.value, [_PREDICTIONS.value, _TARGET.value])
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS) if out.is_dir() else []
+        if foreign:
+            raise io.DataError(f"{out} holds files calibrate.py does not write ({', '.join(foreign[:3])}); choose a "
+                               "new or empty output folder (a rerun replaces only calibration.json/.png)")
         mean, std, target, unit = restore.load_calibration_units(_PREDICTIONS.value, _TARGET.value, _UNIT.value,
                                                                  _BLOCK.value, log=lambda m: print(m, file=sys.stderr))
         scores = std.reshape(len(std), -1).mean(axis=1)
         errors = np.abs(mean - target).reshape(len(mean), -1).mean(axis=1)
         rcps = uncertainty.rcps_calibrate(mean, std, target, alpha=_ALPHA.value, delta=_DELTA.value)
         thr = uncertainty.calibrate_threshold(scores, errors, _TOLERANCE.value)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    out = pathlib.Path(_OUTPUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"unit": unit, "num_units": len(scores), "block": _BLOCK.value if unit == "block" else None,
-              "independence": "RCPS assumes independent units" + (
-                  "; blocks of the same images are correlated, so the guarantee is approximate"
-                  if unit == "block" else ""),
-              "intensity_units": "[0, 1] (the output map of the predictions)",
-              "intervals": {"lambda": rcps.lam, "empirical_miss_rate": rcps.risk,
-                            "upper_bound": rcps.upper_bound, "alpha": rcps.alpha, "delta": rcps.delta,
-                            "n": rcps.n},
-              "threshold": {"threshold": thr.threshold, "tolerance": thr.tolerance,
-                            "true_positive_rate": thr.true_positive_rate,
-                            "false_positive_rate": thr.false_positive_rate, "auc": thr.auc,
-                            "num_bad": thr.num_bad, "num_good": thr.num_good}}
-    tmp = out / ".calibration.tmp.json"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "calibration.json")
-    plot(out / "calibration.png", scores, errors, thr, rcps)
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"unit": unit, "num_units": len(scores), "block": _BLOCK.value if unit == "block" else None,
+                  "independence": "RCPS assumes independent units" + (
+                      "; blocks of the same images are correlated, so the guarantee is approximate"
+                      if unit == "block" else ""),
+                  "intensity_units": "[0, 1] (the output map of the predictions)",
+                  "intervals": {"lambda": rcps.lam, "empirical_miss_rate": rcps.risk,
+                                "upper_bound": rcps.upper_bound, "alpha": rcps.alpha, "delta": rcps.delta,
+                                "n": rcps.n},
+                  "threshold": {"threshold": thr.threshold, "tolerance": thr.tolerance,
+                                "true_positive_rate": thr.true_positive_rate,
+                                "false_positive_rate": thr.false_positive_rate, "auc": thr.auc,
+                                "num_bad": thr.num_bad, "num_good": thr.num_good}}
+        tmp = out / ".calibration.tmp.json"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out / "calibration.json")
+        plot(out / "calibration.png", scores, errors, thr, rcps)
     print(json.dumps(result, indent=2))
 
 

@@ -22,9 +22,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from emdiffuse_jax.demo import run_demo
+    from emdiffuse_jax.user_errors import clean_exit
 
-    run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
-             sampler_steps=_SAMPLER_STEPS.value)
+    with clean_exit():  # bad settings or disk: one line naming the file and the fix, no traceback
+        run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
+                 sampler_steps=_SAMPLER_STEPS.value)
 
 
 def run(argv=None):

@@ -11,7 +11,6 @@ finished slabs; the final volumes appear only when complete. See docs/prediction
 """
 
 import pathlib
-import sys
 
 from absl import app, flags
 
@@ -38,16 +37,30 @@ flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((3,))
-    from emdiffuse_jax import checkpointing, restore, volume
-    from emdiffuse_jax.data import intensity
+    from emdiffuse_jax import checkpointing, restore, run_state, volume
+    from emdiffuse_jax.data import intensity, io
+    from emdiffuse_jax.user_errors import clean_exit
 
-    try:
+    if _Z.value < 2:
+        raise app.UsageError(f"--z_factor must be >= 2 (Z - 1 slices are generated), got {_Z.value}")
+    with clean_exit():  # bad input, checkpoint or disk: one line naming the file and the fix, no traceback
         spec = _SAMPLING.sampler_spec()
-        loaded = checkpointing.load_model(_CHECKPOINT.value, weights=_WEIGHTS.value)
+        io.check_output_folder(_OUTPUT.value, [_INPUT.value])
+        # A resumed run keeps the checkpoint step it started with, even if training saved newer ones since.
+        progress = volume.progress_file(_OUTPUT.value)
+        step = run_state.recorded_checkpoint_step(progress)
+        try:
+            loaded = checkpointing.load_model(_CHECKPOINT.value, weights=_WEIGHTS.value, step=step)
+        except FileNotFoundError as err:
+            if step is None:
+                raise
+            raise io.DataError(f"{progress}: this unfinished run started with checkpoint step {step}, which is "
+                               f"gone ({err}); delete {progress.parent} to start over") from err
         if not loaded.unet.vem:
             raise app.UsageError(f"{_CHECKPOINT.value} is a 2D ({loaded.task}) model; use `emdiffuse predict` (launch/predict.py), or "
                                  "pass a vEMDiffuse-i/-a checkpoint")
         trained_z, trained_z_source = checkpointing.trained_z_factor(loaded, _Z.value, _TRAINED_Z.value)
+        checkpoint = pathlib.Path(_CHECKPOINT.value)
         spec = restore.spec_for_checkpoint(spec, loaded)
         restorer = restore.make_restorer(loaded, spec, **_SAMPLING.restorer_options())
         num_samples = restore.samples_for(loaded, _SAMPLING.num_samples.value)
@@ -57,11 +70,12 @@ def main(argv):
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
                            dataset=_DATASET.value, voxel_size=voxel_size,
                            intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
-                           settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                           settings={"checkpoint": str(checkpoint.resolve()),
+                                     "checkpoint_step": loaded.meta.get("step"),
+                                     "checkpoint_identity": io.file_identity(checkpoint)
+                                     if checkpoint.is_file() else None,
                                      "weights": _WEIGHTS.value, "sampler": spec.to_dict(), "trained_z_factor": trained_z,
                                      "trained_z_factor_source": trained_z_source})
-    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
-        sys.exit(f"error: {err}")
 
 
 def run(argv=None):

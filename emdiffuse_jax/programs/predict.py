@@ -10,7 +10,7 @@ docs/prediction.md. Any image size: overlapping tiles are blended; images smalle
 (From a checkout: python launch/predict.py with the same flags.)
 """
 
-import sys
+import pathlib
 
 from absl import app, flags
 
@@ -30,13 +30,18 @@ flags.mark_flags_as_required(["task", "checkpoint", "input", "output"])
 def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((2, 3))
-    from emdiffuse_jax import checkpointing, restore
-    from emdiffuse_jax.data import intensity
+    from emdiffuse_jax import checkpointing, restore, run_state
+    from emdiffuse_jax.data import intensity, io
+    from emdiffuse_jax.user_errors import clean_exit
 
-    try:
+    with clean_exit():  # bad input, checkpoint or disk: one line naming the file and the fix, no traceback
         spec = _SAMPLING.sampler_spec()
+        io.check_output_folder(_OUTPUT.value, [_INPUT.value])
+        # A resumed run keeps the checkpoint step it started with, even if training saved newer ones since.
+        step = run_state.recorded_checkpoint_step(restore.progress_file(_OUTPUT.value))
         try:
-            loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, weights=_WEIGHTS.value)
+            loaded = checkpointing.load_model(_CHECKPOINT.value, task=_TASK.value, weights=_WEIGHTS.value,
+                                              step=step)
         except checkpointing.IncompatibleCheckpointError:
             loaded = checkpointing.load_model(_CHECKPOINT.value)   # what it is instead, to say what to run
             if not loaded.unet.vem:
@@ -54,9 +59,9 @@ def main(argv):
             harmonize=_SAMPLING.harmonize.value, keep_samples=_SAVE_SAMPLES.value,
             normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
             intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value), voxel_size=voxel_size,
-            settings={"checkpoint": _CHECKPOINT.value, "weights": _WEIGHTS.value, "sampler": spec.to_dict()})
-    except (ValueError, FileNotFoundError, MemoryError) as err:  # bad input or checkpoint: message, no traceback
-        sys.exit(f"error: {err}")
+            settings={"checkpoint": str(pathlib.Path(_CHECKPOINT.value).resolve()),
+                      "checkpoint_step": loaded.meta.get("step"), "weights": _WEIGHTS.value,
+                      "sampler": spec.to_dict()})
 
 
 def run(argv=None):

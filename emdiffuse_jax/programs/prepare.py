@@ -12,8 +12,8 @@ Without --input the built-in phantoms are used. Shows a progress bar, ends with 
 from absl import app, flags
 
 from emdiffuse_jax import cli, configs
-from emdiffuse_jax.data import io
 from emdiffuse_jax.data.prepare import prepare_dataset
+from emdiffuse_jax.user_errors import clean_exit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", None, ["denoise", "superres", "vem_i", "vem_a"], "Restoration task.")
@@ -40,15 +40,13 @@ flags.mark_flags_as_required(["task", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
+    with clean_exit():  # bad options, input or disk: one line naming the file and the fix, no traceback
         summary = prepare_dataset(FLAGS.task, FLAGS.input or None, FLAGS.target, output=FLAGS.output,
                                   patch_size=FLAGS.patch_size, z_factor=FLAGS.z_factor, degrade=FLAGS.degrade,
                                   overlap=FLAGS.overlap, normalization=FLAGS.normalization,
                                   val_fraction=FLAGS.val_fraction, register=FLAGS.register,
                                   z_stride=FLAGS.z_stride, section_thickness=FLAGS.section_thickness,
                                   seed=FLAGS.seed)
-    except (io.DataError, ValueError) as exc:
-        raise app.UsageError(str(exc)) from None
     print(summary.text())
     print("train with: " + train_command(summary))
 

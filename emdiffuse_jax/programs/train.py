@@ -26,7 +26,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+    from emdiffuse_jax.user_errors import clean_exit
+
+    with clean_exit():
+        config = _CONFIG.value
+        config.get("task")   # ml_collections loads the file lazily: a missing or broken one fails here
     ours = cli.configure_logging()
     from emdiffuse_jax import parallel
 
@@ -37,7 +41,8 @@ def main(argv):
 
     ours.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(), jax.process_count(),
               jax.devices())
-    train_and_evaluate(config, _WORKDIR.value)
+    with clean_exit():  # bad config, data, checkpoint or disk: one line naming the problem and the fix
+        train_and_evaluate(config, _WORKDIR.value)
 
 
 def run(argv=None):
