@@ -10,8 +10,8 @@ Estimate of one call with R rows per device: fixed + R x per_row bytes, where
             (`jax.jit(net).lower(...).compile().memory_analysis()`: arguments, outputs, temporaries) on
             `probe_rows` rows, divided by the rows, and (b) an analytic count for the UNet
             (`unet_row_bytes`): the skip activations plus the attention score matrices, which XLA:CPU
-            allocates outside the temporaries it reports (measured on the tiny network, 128 px tiles:
-            compiled figure 28 MB for 2 rows, real peak growth 310 MB, analytic 2 x 236 MB).
+            allocates outside the temporaries it reports (measured on the tiny network of the tests,
+            128 px tiles: compiled figure 28 MB for 2 rows, real peak growth 310 MB).
 On CPU all devices share the host's memory, so the limit is divided by the device count.
 """
 
@@ -68,7 +68,9 @@ def limit_bytes(memory_limit_gb: float | None, device=None) -> tuple[int, str]:
 
 def unet_row_bytes(unet, tile: int) -> int:
     """Analytic inference memory of one tile through the UNet: skip activations kept for the decoder and,
-    at the attention level with most positions, the float32 scores and their softmax (heads x L^2 each)."""
+    at the attention level with most positions, four float32 heads x L^2 arrays (scores, shifted
+    exponentials, softmax, and a copy XLA:CPU keeps; fitted to the peak RSS of launch/predict.py with the
+    tiny EMDiffuse-n: 4 copies at 64 px tiles, 2.9 at 128 px, see docs/prediction.md)."""
     levels = len(unet.channel_mults)
     skips = sum((unet.res_blocks + 1) * (tile // 2 ** lv) ** 2 * unet.inner_channel * m
                 for lv, m in enumerate(unet.channel_mults))
@@ -76,7 +78,7 @@ def unet_row_bytes(unet, tile: int) -> int:
     sites = set(unet.attention_levels) | {2 ** (levels - 1)}
     attention = max((unet.inner_channel * unet.channel_mults[s.bit_length() - 1] // unet.num_head_channels)
                     * (tile // s) ** 4 for s in sites)
-    return 4 * (skips + working + 2 * attention)
+    return 4 * (skips + working + 4 * attention)
 
 
 def compiled_bytes(fn: Callable, *abstract_args) -> int:
