@@ -6,8 +6,7 @@ every sampler at its default steps. (2) is an estimate: network evaluations (til
 best measured per-tile evaluation time, because a DDPM run of one such image takes hours on a CPU;
 --measure_steps=N additionally runs the real tiled sampler (dpm, N steps) on one 1024 x 1024 image and
 prints its per-evaluation time, which checks that the estimate has no hidden sampler overhead.
-For scale: the published PyTorch code takes about 1.5 s per forward at batch 1 on the project's 2-core
-development machine.
+To compare with the published PyTorch code, use bench/compare.py (both timed side by side in one run).
 
     python bench/bench_predict.py [--batches=1,4,8] [--repeats=3] [--num_samples=2] [--measure_steps=0]
 """

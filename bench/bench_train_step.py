@@ -1,8 +1,8 @@
 """Train-step benchmark: time per step, compile time and peak memory of one sharded training step.
 
 Default: the full EMDiffuse-n network, global batch 4, 256 x 256 patches, float32, random data, all local
-devices on the data axis. Takes minutes on a CPU. For scale, the published PyTorch code needs 26.8 s per
-such step on the project's 2-core development machine.
+devices on the data axis. Takes minutes on a CPU. To compare with the published PyTorch code, use
+bench/compare.py (both timed side by side in one run).
 
     python bench/bench_train_step.py [--config=emdiffuse_n] [--batch=4] [--size=256] [--steps=3]
 """

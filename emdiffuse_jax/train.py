@@ -271,6 +271,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     newest = checkpointing.newest_readable_meta(workdir / checkpointing.CHECKPOINT_DIR)
     stored = newest[1].get(intensity_lib.META_KEY) if newest is not None else None
     train_source, val_source = build_sources(config, intensity_lib.Intensity.from_dict(stored) if stored else None)
+    if newest is not None and stored is None and train_source.intensity is not None:
+        log.warning("resuming a run trained before the intensity contract existed (each image normalised by its own "
+                    "statistics): from now on the data is mapped with a contract fitted on the training set, so "
+                    "the model sees a changed intensity mapping; start a new workdir to train on one mapping")
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
 

@@ -1,9 +1,9 @@
-"""The programs' error boundary (usage errors are `cli.run`'s, exit status 2): a user's mistake or a failing disk ends the program with one line
-that names the file and the fix, and exit status 1, never a traceback.
+"""The programs' error boundary: a user's mistake or a failing disk ends the program with one line that
+names the file and the fix, and exit status 1, never a traceback (usage errors are `cli.run`'s, status 2).
 
 User errors are our own `DataError` / `ValueError` messages (they already name the file and the fix),
-missing files, a NaN loss, and the operating system's `OSError`s (unreadable input, read-only or full file system,
-permission denied), which are reworded here with the file they concern.
+missing files, a NaN loss, and the operating system's `OSError`s (unreadable input, read-only or full file
+system, permission denied), which are reworded here with the file they concern.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def describe(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def clean_exit():
-    """Runs a launch script's body: user errors exit with status 1 and `error: <one line>` on stderr."""
+    """Runs a program's body: user errors exit with status 1 and `error: <one line>` on stderr."""
     try:
         yield
     except (ValueError, OSError, MemoryError, FloatingPointError) as err:

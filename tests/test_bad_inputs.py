@@ -6,6 +6,8 @@ bombs, damaged checkpoints, out-of-range flags, outputs that are files or overla
 forbidden or full file systems). Every case asserts: exit status 1 (2 for a usage error), no traceback,
 one `error:` line, the last, naming the problem, every input byte-identical afterwards and no output left
 behind. All cases of one tool run in one process (tests/cli_runner.py), so the suite is fast.
+The last tests resume runs stopped by a full disk after a newer checkpoint appeared: they must load the
+checkpoint step recorded at the start.
 """
 
 import json
@@ -492,3 +494,68 @@ def test_bad_input_is_refused_cleanly(results, script, case_id, expected):
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0] and stderr.rstrip().endswith(errors[0]), stderr[-2000:]
     assert r["changed"] == [], f"modified or left behind: {r['changed']}"
+
+
+def _run_cases(script, cases, folder):
+    """Runs `cases` of one tool through tests/cli_runner.py; returns their results by id."""
+    cases_path, results_path = folder / f"{script}-pin-cases.json", folder / f"{script}-pin-results.json"
+    cases_path.write_text(json.dumps(cases))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_runner.py"), script, str(cases_path),
+                          str(results_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {r["id"]: r for r in json.loads(results_path.read_text())}
+
+
+@pytest.mark.parametrize("older_step_kept", [True, False])
+def test_isotropic_resume_loads_the_checkpoint_step_it_started_with(tmp_path, older_step_kept):
+    """An isotropic run stopped by a full disk, then resumed after training saved a newer checkpoint: the
+    resume uses the step recorded at the start, or is refused when that step is gone; never the newer one."""
+    ckpt = tmp_path / "run"
+    _save_checkpoint(ckpt, "vem_i", {**TINY, "in_channel": 3, "vem": True}, z_factor=2)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([np.full((24, 20), v, np.uint8) for v in (40, 120, 200)]),
+                     photometric="minisblack")
+    out = tmp_path / "iso"
+    argv = [a.replace(W, str(tmp_path)) for a in ISO if not a.startswith("--checkpoint")] + [
+        f"--checkpoint={ckpt}", f"--input={tmp_path / 'stack.tif'}", f"--output={out}"]
+    first = _run_cases("isotropic", [{"id": "full_disk", "argv": argv,
+                                      "fault": fault("ENOSPC", str(out / ".partial" / "std"))}], tmp_path)
+    assert "no space left on the device" in first["full_disk"]["stderr"]
+    assert json.loads((out / ".partial" / "progress.json").read_text())["settings"]["checkpoint_step"] == 1
+    unet = models.unet_config({**TINY, "in_channel": 3, "vem": True})
+    params = models.init_params(unet, jax.random.key(5))   # a newer, different checkpoint appears
+    manager = checkpointing.Checkpointer(ckpt, every_steps=1)
+    manager.save(2, {"params": params, "ema_params": params},
+                 {**checkpointing.model_identity("vem_i", unet), "z_factor": 2, "step": 2}, force=True)
+    manager.close()
+    if not older_step_kept:
+        shutil.rmtree(ckpt / "checkpoints" / "1")
+    resumed = _run_cases("isotropic", [{"id": "resume", "argv": argv}], tmp_path)["resume"]
+    assert resumed["traceback"] is None, resumed["traceback"]
+    if older_step_kept:
+        assert resumed["rc"] == 0, resumed["stderr"][-2000:]
+        assert json.loads((out / "report.json").read_text())["settings"]["checkpoint_step"] == 1
+    else:
+        assert resumed["rc"] == 1 and "started with checkpoint step 1, which is gone" in resumed["stderr"]
+        assert not (out / "report.json").exists()
+
+
+def test_predict_resume_loads_the_checkpoint_step_it_started_with(tmp_path):
+    ckpt = tmp_path / "run"
+    _save_checkpoint(ckpt, "denoise", TINY)
+    tifffile.imwrite(tmp_path / "a.tif", np.full((20, 24), 90, np.uint8) + np.eye(20, 24, dtype=np.uint8))
+    out = tmp_path / "out"
+    argv = [a for a in PRED if not a.startswith("--checkpoint")] + [
+        f"--checkpoint={ckpt}", f"--input={tmp_path / 'a.tif'}", f"--output={out}"]
+    first = _run_cases("predict", [{"id": "full_disk", "argv": argv,
+                                    "fault": fault("ENOSPC", str(out / ".a_"))}], tmp_path)["full_disk"]
+    assert "no space left on the device" in first["stderr"] and not (out / "report.json").exists()
+    unet = models.unet_config(TINY)
+    params = models.init_params(unet, jax.random.key(5))
+    manager = checkpointing.Checkpointer(ckpt, every_steps=1)
+    manager.save(2, {"params": params, "ema_params": params}, {**checkpointing.model_identity("denoise", unet),
+                                                                "step": 2}, force=True)
+    manager.close()
+    resumed = _run_cases("predict", [{"id": "resume", "argv": argv}], tmp_path)["resume"]
+    assert resumed["rc"] == 0, resumed["stderr"][-2000:]
+    assert json.loads((out / "report.json").read_text())["settings"]["checkpoint_step"] == 1

@@ -51,8 +51,11 @@ def test_widget_restores_a_2d_layer_and_a_volume_into_three_scaled_layers(tmp_pa
     yy, xx = np.mgrid[:40, :52]
     image = (20000 + 8000 * np.sin(yy / 5.0) * np.cos(xx / 7.0)).astype(np.uint16)
     ckpt = save_checkpoint(tmp_path / "n", "denoise", TINY)
+    messages = []
     layers = napari_plugin.restore(_layer(image, (5.0, 5.0)), ckpt, num_samples=2, sampler="ddim", steps=2,
-                                         tile=32, overlap=8, log=lambda s: None)
+                                   log=messages.append)
+    # The widget's default tile is the model's own (32 px patches, overlap 8): 2 x 2 tiles for 40 x 52.
+    assert any(" 4 tiles x 2 samples" in m for m in messages), messages
     assert [kw["name"] for _, kw, _ in layers] == ["cell mean", "cell std", "cell reliability"]
     (mean, mean_kw, _), (std, _, _), (rel, rel_kw, _) = layers
     assert mean.shape == image.shape and mean.dtype == np.uint16 and std.max() > 0

@@ -158,7 +158,8 @@ def check_options(task: str, *, patch_size: int, z_factor: int | None, degrade: 
         raise ValueError(f"val_fraction must be in [0, 1) (0 = no validation split), got {val_fraction}")
     if task in samples.VOLUME_TASKS:
         if z_factor is None or z_factor < 2:
-            raise ValueError(f"{task} needs z_factor >= 2, got {z_factor}")
+            raise ValueError(f"{task} needs z_factor >= 2 (set --z_factor, the axial factor: z - 1 slices are "
+                             f"generated between two input slices), got {z_factor}")
         if z_stride < 1 or section_thickness < 1:
             raise ValueError(f"z_stride and section_thickness must be >= 1, got {z_stride} and {section_thickness}")
         if degrade:
@@ -188,8 +189,6 @@ def prepare_dataset(task: str, input_path=None, target_path=None, *, output, pat
             "source": str(input_path) if input_path is not None else "built-in phantoms",
             "target": str(target_path) if target_path is not None else None}
     if task in samples.VOLUME_TASKS:
-        if z_factor is None or z_factor < 2:
-            raise ValueError(f"{task} needs z_factor >= 2, got {z_factor}")
         z = int(z_factor)
         volume = synthetic_volume(task, p, z) if input_path is None else io.read_volume(input_path, lazy=None)
         geo = samples.TripletVolume(volume, task, p)

@@ -36,7 +36,7 @@ def _progress_log() -> Callable[[str], None]:
 
 def restore_layer(image: "napari.layers.Image", checkpoint: pathlib.Path, task: Task = Task.denoise,  # noqa: F821
                   num_samples: int = 4, sampler: Sampler = Sampler.dpm, steps: int = 20, z_factor: int = 6,
-                  trained_z_factor: int = 0, tile: int = 256, overlap: int = 32,
+                  trained_z_factor: int = 0, tile: int = 0, overlap: int = 0,
                   seed: int = 0) -> "list[napari.types.LayerDataTuple]":  # noqa: F821
     """The widget (napari builds it from this signature and adds the returned layers): `restore` with
     progress shown in napari's notifications."""
@@ -46,12 +46,13 @@ def restore_layer(image: "napari.layers.Image", checkpoint: pathlib.Path, task: 
 
 def restore(image, checkpoint: pathlib.Path, *, task: Task = Task.denoise, num_samples: int = 4,
             sampler: Sampler = Sampler.dpm, steps: int = 20, z_factor: int = 6, trained_z_factor: int = 0,
-            tile: int = 256, overlap: int = 32, seed: int = 0,
+            tile: int = 0, overlap: int = 0, seed: int = 0,
             log: Callable[[str], None] | None = None) -> list[LayerData]:
     """Restores `image` (a napari image layer or anything with .data, .scale, .name: a 2D image, or a
     (Z, Y, X) stack: every slice for denoise/superres, the volume for isotropic) with the model in
     `checkpoint`; returns mean, std and reliability layers scaled like the input (its layer scale is taken
     as the voxel size, so outputs overlay it). trained_z_factor: for a .pth (0 = not given; docs/weights.md).
+    tile, overlap: 0 = the model's own (its training patch size, and a quarter of the tile).
     """
     from emdiffuse_jax import checkpointing, inference, restore, volume
     from emdiffuse_jax.data import intensity, io
@@ -68,14 +69,14 @@ def restore(image, checkpoint: pathlib.Path, *, task: Task = Task.denoise, num_s
             loaded = checkpointing.load_model(checkpoint)
             trained, source_of_z = checkpointing.trained_z_factor(loaded, z_factor, trained_z_factor or None)
             volume.reconstruct(restore.make_restorer(loaded, spec), source, tmp / "out", z_factor,
-                               num_samples=num_samples, seed=seed, tile=tile, overlap=overlap, log=log,
+                               num_samples=num_samples, seed=seed, tile=tile or None, overlap=overlap or None, log=log,
                                intensity=intensity.from_meta(loaded.meta, str(checkpoint)),
                                settings={"checkpoint": str(checkpoint), "trained_z_factor": trained,
                                          "trained_z_factor_source": source_of_z})
         else:
             loaded = checkpointing.load_model(checkpoint, task=task.value)
             restore.restore_files(restore.make_restorer(loaded, spec), source, tmp / "out", task=task.value,
-                                  num_samples=num_samples, seed=seed, tile=tile, overlap=overlap, log=log,
+                                  num_samples=num_samples, seed=seed, tile=tile or None, overlap=overlap or None, log=log,
                                   intensity=intensity.from_meta(loaded.meta, str(checkpoint)),
                                   settings={"checkpoint": str(checkpoint)})
         layers = [(np.asarray(d), kwargs, kind) for d, kwargs, kind in read_outputs(tmp / "out", source.stem)]
