@@ -153,8 +153,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None, dcn_da
     Devices are placed by ``jax.make_mesh`` (the order the runtime prefers: rings on the TPU torus).
     dcn_data > 1 (multi-slice pods, several GPU hosts) splits the data axis into dcn_data groups joined by
     the slower data-centre network (``mesh_utils.create_hybrid_device_mesh``): each group is one slice
-    (devices sharing ``slice_index``) or, where devices have none, ``len(devices) / dcn_data`` consecutive
-    processes. Only the data axis crosses the slow network (its gradient all-reduce once per step); the
+    (devices sharing ``slice_index``) or, where the devices span a single slice, ``len(devices) / dcn_data``
+    devices of consecutive processes. Only the data axis crosses the slow network (its gradient all-reduce once per step); the
     fsdp axis, which all-gathers parameters inside every layer, stays within a group.
     """
     devices = list(jax.devices() if devices is None else devices)
@@ -167,7 +167,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None, dcn_da
                          f"the mesh is data={shape[0]} x fsdp={shape[1]}")
     from jax.experimental import mesh_utils
 
-    by_slice = all(getattr(d, "slice_index", None) is not None for d in devices)
+    # Slices where the devices span several (multi-slice TPU); else processes (CPU and GPU report one slice).
+    by_slice = len({getattr(d, "slice_index", None) for d in devices} - {None}) > 1
     try:
         grid = mesh_utils.create_hybrid_device_mesh((shape[0] // dcn_data, shape[1]), (dcn_data, 1), devices,
                                                     process_is_granule=not by_slice)
