@@ -48,7 +48,7 @@ def isotropic(checkpoint: pathlib.Path, test_input: pathlib.Path, output: pathli
            f"--input={test_input}", f"--output={output}", f"--z_factor={z_factor}",
            f"--num_samples={num_samples}", f"--sampler={args.sampler}", f"--steps={args.steps}",
            f"--tile={args.tile}", f"--overlap={args.overlap}", f"--seed={seed}",
-           "--harmonize" if harmonize else "--noharmonize"]
+           f"--weights={args.weights}", "--harmonize" if harmonize else "--noharmonize"]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -64,6 +64,8 @@ def main():
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--block", type=int, default=28)
     parser.add_argument("--skip", default="", help="comma-separated predictions to leave out")
+    parser.add_argument("--weights", default="ema", choices=["ema", "online"],
+                        help="checkpoint weights to predict with (online: for runs too short for the EMA)")
     parser.add_argument("--crop", type=int, default=0, help="score only the central CROP x CROP px (cheaper)")
     parser.add_argument("--input_slices", type=int, default=0,
                         help="score only the first N input slices' span, (N - 1) Z + 1 slices (cheaper)")
@@ -73,7 +75,8 @@ def main():
     work, z = pathlib.Path(args.workdir), args.z_factor
     skip = set(filter(None, args.skip.split(",")))
     test_input, truth = work / "data" / f"test_input_z{z}.tif", work / "data" / f"test_truth_z{z}.tif"
-    tag = f"z{z}" + (f"_c{args.crop}" if args.crop else "") + (f"_n{args.input_slices}" if args.input_slices else "")
+    tag = f"z{z}" + (f"_c{args.crop}" if args.crop else "") + (f"_n{args.input_slices}" if args.input_slices else "") \
+        + ("_online" if args.weights == "online" else "")
     pred = work / f"pred_{tag}"
     pred.mkdir(parents=True, exist_ok=True)
     if args.crop or args.input_slices:

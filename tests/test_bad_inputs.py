@@ -6,6 +6,8 @@ bombs, damaged checkpoints, out-of-range flags, outputs that are files or overla
 forbidden or full file systems). Every case asserts: exit status 1 (2 for a usage error), no traceback,
 one `error:` line, the last, naming the problem, every input byte-identical afterwards and no output left
 behind. All cases of one tool run in one process (tests/cli_runner.py), so the suite is fast.
+The last tests resume runs stopped by a full disk after a newer checkpoint appeared: they must load the
+checkpoint step recorded at the start.
 """
 
 import json
