@@ -13,14 +13,22 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def storage_path(path: str | os.PathLike) -> epath.Path:
+    """A local path (made absolute, as Orbax needs) or an object-store URI such as gs://bucket/run
+    (left as it is), as an etils Path that Orbax and the log writers accept."""
+    from emdiffuse_jax.summary import appends_in_place
+
+    return epath.Path(path).absolute() if appends_in_place(path) else epath.Path(path)
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -65,7 +73,7 @@ class Checkpointer:
                  best_metric: str = "psnr", best_mode: str = "max", async_save: bool = True):
         if best_mode not in ("max", "min"):
             raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
-        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self.directory = storage_path(workdir) / CHECKPOINT_DIR
         keepers = [policies.LatestN(n=max(1, keep))]
         if keep_best > 0:
             keepers.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
@@ -146,7 +154,7 @@ class Checkpointer:
             "newest complete checkpoint", step, type(err).__name__, str(err).splitlines()[0][:200], damaged, fallback)
         if jax.process_index() == 0:
             damaged.parent.mkdir(exist_ok=True)
-            os.replace(self.directory / str(step), damaged)
+            (self.directory / str(step)).rename(damaged)   # epath: also on object stores
         self.manager.reload()
 
     def wait(self) -> None:
@@ -160,7 +168,7 @@ class Checkpointer:
 def newest_readable_meta(directory: str | os.PathLike) -> tuple[int, dict] | None:
     """(step, meta) of the newest step folder under a checkpoints/ directory whose metadata reads (damaged
     newer ones are skipped: `Checkpointer.restore_newest_complete` sets them aside); None when there is none."""
-    directory = Path(directory)
+    directory = storage_path(directory)
     steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \
         if directory.is_dir() else []
     for step in steps:
@@ -172,7 +180,7 @@ def newest_readable_meta(directory: str | os.PathLike) -> tuple[int, dict] | Non
 
 
 def read_meta(step_dir: str | os.PathLike) -> dict:
-    path = Path(step_dir) / "meta" / "metadata"
+    path = storage_path(step_dir) / "meta" / "metadata"
     if not path.exists():
         raise FileNotFoundError(f"{step_dir} is not a complete emdiffuse_jax checkpoint (missing {path}); "
                                 "it may have been interrupted while saving")
@@ -199,7 +207,7 @@ class LoadedModel(NamedTuple):
     meta: dict           # z_factor, patch_size, step, config ... ({"source": "torch"} for a .pth)
 
 
-def _step_dir(path: Path, step: int | None) -> Path:
+def _step_dir(path: epath.Path, step: int | None) -> epath.Path:
     """The checkpoint step directory for a workdir, a checkpoints/ directory, or a step directory."""
     if (path / "meta").is_dir() and (path / "state").is_dir():
         return path
@@ -233,7 +241,7 @@ def restore_params(step_dir: str | os.PathLike, unet: Any, weights: str = "ema")
     target = {key: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)}
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     restored = checkpointer.restore(
-        Path(step_dir).absolute() / "state",
+        storage_path(step_dir) / "state",
         args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                     partial_restore=True))
     return restored[key]
@@ -255,7 +263,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, *, unet: Any = 
     from emdiffuse_jax import models
     from emdiffuse_jax.train_config import TASKS, VEM_TASKS
 
-    path = Path(path)
+    path = storage_path(path)
     check_weights(weights)
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")

@@ -233,3 +233,35 @@ def define_weights_flag():
     return absl_flags.DEFINE_enum("weights", "ema", ["ema", "online"],
                              "Which parameters of a training checkpoint predict: the EMA (default) or the online "
                              "(optimizer) weights. A reference .pth holds one set: choose the file instead.")
+
+
+class DistributedFlags:
+    """How this process joins a multi-process run: --coordinator_address, --num_processes, --process_id.
+
+    Unset flags fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, and then to
+    what JAX detects on TPU pods, SLURM and Open MPI (see parallel.maybe_initialize_distributed).
+    """
+
+    def __init__(self):
+        from absl import flags
+
+        self.coordinator_address = flags.DEFINE_string(
+            "coordinator_address", None, "host:port of process 0, reachable from every process.")
+        self.num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+        self.process_id = flags.DEFINE_integer("process_id", None, "Index of this process, 0 .. num_processes-1.")
+
+    def initialize(self, mode: str) -> bool:
+        """parallel.maybe_initialize_distributed with these flags; call before any other JAX call."""
+        from emdiffuse_jax import parallel
+
+        return parallel.maybe_initialize_distributed(
+            mode, coordinator_address=self.coordinator_address.value,
+            num_processes=self.num_processes.value, process_id=self.process_id.value)
+
+    @staticmethod
+    def quiet_other_processes(logger: logging.Logger) -> None:
+        """Progress lines on process 0 only; the other processes still report warnings and errors."""
+        import jax
+
+        if jax.process_index() > 0:
+            logger.setLevel(logging.WARNING)

@@ -4,10 +4,17 @@ The mesh has two axes, ``data`` and ``fsdp``. Both split the batch (the fsdp axi
 parallelism); large parameters and their optimizer moments are additionally split over ``fsdp``, small
 ones are replicated. Axis types are given explicitly as ``Auto`` so XLA inserts the parameter all-gathers
 inside the UNet (Explicit axes would require every convolution to state its output sharding).
+
+Multi-process runs (TPU pods, GPU clusters, several processes on one machine) run the same program in
+every process. Every value that enters a jitted function with a mesh-wide sharding is built here, either
+inside ``jit`` (random keys) or with ``jax.make_array_from_process_local_data`` (batches, host arrays):
+``jax.device_put`` onto a sharding that spans other processes' devices is an error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -18,38 +25,111 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
 
-def _launched_as_multiprocess() -> bool:
-    """Whether a launcher announced several processes: a coordinator address, a TPU pod slice with several
-    workers, or a SLURM job with several tasks."""
+log = logging.getLogger(__name__)
+
+# What jax.distributed.initialize reads besides its arguments, and what launchers set to announce several
+# processes. The JAX_* names are ours for num_processes / process_id (JAX itself reads only the address).
+_ADDRESS_ENV, _COUNT_ENV, _INDEX_ENV = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+
+
+def _launched_as_multiprocess(num_processes: int | None) -> bool:
+    """Whether a launcher announced several processes: more than one process given (flag or
+    JAX_NUM_PROCESSES), a coordinator address, a TPU pod slice with several workers, or a SLURM job with
+    several tasks."""
     env = os.environ
-    if any(env.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")):
+    if (num_processes or 1) > 1 or env.get(_ADDRESS_ENV):
         return True
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1:
         return True
     return int(env.get("SLURM_NTASKS", "1") or 1) > 1
 
 
-def maybe_initialize_distributed(mode: str = "auto") -> bool:
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def maybe_initialize_distributed(mode: str = "auto", *, coordinator_address: str | None = None,
+                                 num_processes: int | None = None, process_id: int | None = None) -> bool:
     """Calls ``jax.distributed.initialize`` when this is (or is declared to be) a multi-process run.
 
-    mode: "auto" initialises only when a launcher announced several processes; "always" forces it; "never"
-    skips it. Must run before any other JAX call. Returns True if initialised here. In "auto" mode a
-    failure is logged and the run continues as a single process.
+    mode: "auto" initialises when a launcher announced several processes (see _launched_as_multiprocess);
+    "always" forces it; "never" skips it. coordinator_address ("host:port" of process 0), num_processes and
+    process_id default to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; whatever stays
+    unset JAX detects from the cluster (TPU pods, SLURM, Open MPI). Must run before any other JAX call.
+    Returns True if initialised here.
+
+    A failed initialisation is always an error once several processes were announced: continuing alone
+    would make every worker train its own model into the same workdir and corrupt the checkpoints.
     """
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"distributed mode must be 'auto', 'always' or 'never', got {mode!r}")
-    if mode == "never" or (mode == "auto" and not _launched_as_multiprocess()):
+    coordinator_address = coordinator_address or os.environ.get(_ADDRESS_ENV) or None
+    num_processes = num_processes if num_processes is not None else _env_int(_COUNT_ENV)
+    process_id = process_id if process_id is not None else _env_int(_INDEX_ENV)
+    if mode == "never" or (mode == "auto" and not _launched_as_multiprocess(num_processes)):
         return False
     try:
-        jax.distributed.initialize()
-    except (RuntimeError, ValueError) as err:
-        if mode == "always":
-            raise
-        logging.warning("jax.distributed.initialize failed (%s); continuing as a single process.", err)
-        return False
-    logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
+    except Exception as err:   # JAX raises RuntimeError, ValueError, TypeError or XlaRuntimeError here
+        raise RuntimeError(
+            f"jax.distributed.initialize failed (mode {mode!r}, coordinator {coordinator_address!r}, "
+            f"num_processes {num_processes}, process_id {process_id}): {err}. Every worker stops, since "
+            "workers continuing alone would overwrite each other's checkpoints. Give --coordinator_address "
+            "(host:port of process 0), --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, "
+            "JAX_NUM_PROCESSES, JAX_PROCESS_ID), or run a single process with --config.distributed=never."
+        ) from err
+    log.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
+             jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def fingerprint(value: Any) -> str:
+    """A stable hash of a JSON-able value (the run settings every process must agree on)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flat(d: Any, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_processes_agree(settings: dict) -> None:
+    """Raises ValueError in every process when the processes were started with different ``settings``
+    (config and workdir): the error names the differing keys and the processes that differ from process 0.
+    A no-op in a single process. Every process must call it (it is a collective)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(bytes.fromhex(fingerprint(settings))[:8], np.uint32)   # 2 words
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
+    differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+    if not differ:
+        return
+    encoded = json.dumps(settings, sort_keys=True, default=str).encode()
+    size = int(np.max(multihost_utils.process_allgather(np.int32(len(encoded)))))
+    mine = np.zeros(size, np.uint8)
+    mine[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+    first = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine))).rstrip(b"\0")
+    theirs, ours = _flat(json.loads(first)), _flat(json.loads(encoded))
+    keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    detail = (f"here (process {jax.process_index()}): " + ", ".join(
+        f"{k}={ours.get(k)!r} vs {theirs.get(k)!r} on process 0" for k in keys[:8])) if keys else \
+        "this process agrees with process 0"
+    raise ValueError(
+        f"processes {differ} were started with a different config or workdir than process 0 ({detail}). "
+        "Every worker must run the same command with the same --config overrides and --workdir.")
 
 
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
@@ -67,11 +147,34 @@ def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
     return data, fsdp
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None) -> Mesh:
-    """A ("data", "fsdp") mesh over ``devices`` (default: all global devices), Auto axis types."""
+def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None, dcn_data: int = 1) -> Mesh:
+    """A ("data", "fsdp") mesh over ``devices`` (default: all global devices), Auto axis types.
+
+    Devices are placed by ``jax.make_mesh`` (the order the runtime prefers: rings on the TPU torus).
+    dcn_data > 1 (multi-slice pods, several GPU hosts) splits the data axis into dcn_data groups joined by
+    the slower data-centre network (``mesh_utils.create_hybrid_device_mesh``): each group is one slice
+    (devices sharing ``slice_index``) or, where devices have none, ``len(devices) / dcn_data`` consecutive
+    processes. Only the data axis crosses the slow network (its gradient all-reduce once per step); the
+    fsdp axis, which all-gathers parameters inside every layer, stays within a group.
+    """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(data, fsdp, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+    axis_types = (AxisType.Auto, AxisType.Auto)
+    if dcn_data == 1:
+        return jax.make_mesh(shape, DATA_AXES, axis_types=axis_types, devices=devices)
+    if dcn_data < 1 or shape[0] % dcn_data:
+        raise ValueError(f"mesh.dcn_data={dcn_data} must be >= 1 and divide the data axis ({shape[0]}); "
+                         f"the mesh is data={shape[0]} x fsdp={shape[1]}")
+    from jax.experimental import mesh_utils
+
+    by_slice = all(getattr(d, "slice_index", None) is not None for d in devices)
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh((shape[0] // dcn_data, shape[1]), (dcn_data, 1), devices,
+                                                    process_is_granule=not by_slice)
+    except ValueError as err:
+        raise ValueError(f"mesh.dcn_data={dcn_data} does not fit the {len(devices)} devices in "
+                         f"{'slices' if by_slice else 'processes'}: {err}") from err
+    return Mesh(grid, DATA_AXES, axis_types=axis_types)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -81,6 +184,23 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over both mesh axes."""
     return NamedSharding(mesh, P(DATA_AXES))
+
+
+def global_keys(seed: int, count: int, mesh: Mesh) -> tuple[jax.Array, ...]:
+    """``count`` independent random keys derived from ``seed``, replicated over the whole mesh.
+
+    Built inside ``jit`` so that every process holds its part of the same global array (a host key cannot
+    be placed on other processes' devices)."""
+    make = jax.jit(lambda: tuple(jax.random.fold_in(jax.random.key(seed), i) for i in range(count)),
+                   out_shardings=replicated(mesh))
+    return make()
+
+
+def host_to_global(tree: Any, shardings: Any) -> Any:
+    """Global arrays with ``shardings`` from host arrays that every process holds in full (e.g. loaded
+    weights); each process places only its own shards."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x), np.shape(x)),
+                        tree, shardings)
 
 
 def leaf_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
@@ -116,24 +236,57 @@ def with_sharding(abstract_tree: Any, shardings: Any) -> Any:
                         abstract_tree, shardings)
 
 
-def local_batch_size(global_batch: int, mesh: Mesh) -> int:
-    """Per-process batch, checking that the global batch splits evenly over devices and processes."""
-    ndev = mesh.devices.size
+def process_row_blocks(sharding: NamedSharding, global_batch: int) -> list[tuple[int, int]]:
+    """The rows [start, stop) of a ``global_batch`` that this process's devices hold under ``sharding``,
+    ascending. A contiguous run of device blocks becomes one block when it is aligned to its own length
+    (then it is block start // length of global_batch // length equal blocks, as data sources count).
+
+    Rows are assigned by the mesh (whichever devices the runtime placed where), and global row r is
+    always example r of the batch, so the global batch is the same for any number of processes.
+    """
+    ndev = sharding.mesh.devices.size
     if global_batch % ndev:
         raise ValueError(f"global batch {global_batch} is not divisible by the {ndev} devices of the mesh; "
                          f"choose a multiple of {ndev}")
-    return global_batch // jax.process_count()
+    per_device = global_batch // ndev
+    indices = sharding.addressable_devices_indices_map((global_batch,)).values()
+    starts = sorted({idx[0].start or 0 for idx in indices})
+    runs: list[list[int]] = []
+    for start in starts:
+        if runs and runs[-1][-1] + per_device == start:
+            runs[-1].append(start)
+        else:
+            runs.append([start])
+    blocks = []
+    for run in runs:
+        length = len(run) * per_device
+        if run[0] % length == 0 and global_batch % length == 0:
+            blocks.append((run[0], run[0] + length))
+        else:
+            blocks.extend((s, s + per_device) for s in run)
+    return blocks
 
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles per-process numpy batches into global arrays (each process passes only its rows)."""
+    """Global arrays from this process's rows (those of process_row_blocks, concatenated in ascending
+    order; every process holds as many rows)."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def replicated_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """The same host data on every device (every process must pass identical arrays)."""
-    sharding = replicated(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+def compiled_on_every_process(jitted: Any, *args) -> Any:
+    """``jitted`` itself in a single process; with several processes its executable for ``args``, compiled
+    ahead and returned once every process has compiled it.
+
+    Hosts compile at different speeds; without the wait a fast process enters the program's first
+    collective alone, and CPU (gloo) collectives give up after 30 s.
+    """
+    if jax.process_count() == 1:
+        return jitted
+    from jax.experimental import multihost_utils
+
+    compiled = jitted.lower(*args).compile()
+    multihost_utils.sync_global_devices("emdiffuse_jax: compiled")
+    return compiled
 
 
 def jit_train_step(step_fn: Any, mesh: Mesh, state_shardings: Any) -> Any:

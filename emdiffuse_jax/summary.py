@@ -14,9 +14,9 @@ import socket
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 # --- CRC32C (Castagnoli), as TFRecord framing requires -----------------------------------------------
 
@@ -102,20 +102,39 @@ def encode_png(image: np.ndarray) -> bytes:
             + chunk(b"IEND", b""))
 
 
-class EventWriter:
-    """Appends TensorBoard scalar and image summaries to one ``events.out.tfevents.*`` file in logdir."""
+def appends_in_place(path: str | os.PathLike) -> bool:
+    """Whether files at ``path`` can be appended to cheaply: local paths yes, object stores (gs://, s3://,
+    any ``scheme://``) no - there an append re-uploads the whole object."""
+    return "://" not in str(path)
 
-    def __init__(self, logdir: str | os.PathLike):
-        Path(logdir).mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = Path(logdir) / name
-        self._file = open(self.path, "ab")
+
+class EventWriter:
+    """TensorBoard scalar and image summaries in ``events.out.tfevents.*`` files in logdir.
+
+    Local logdirs: one file, appended and flushed event by event (TensorBoard sees them live). Object
+    stores (see appends_in_place): events are buffered and every ``flush()`` uploads them as one new file
+    (TensorBoard reads all event files of a directory in name order).
+    """
+
+    def __init__(self, logdir: str | os.PathLike, append: bool | None = None):
+        self.logdir = epath.Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._append = appends_in_place(logdir) if append is None else append
+        # The event file (local), or the prefix of the uploaded parts <path>.000000, .000001, ...
+        self.path = self.logdir / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self._parts = 0
+        self._buffer = bytearray()
+        self._file = open(self.path, "ab") if self._append else None
         self._write_event(_field_double(1, time.time()) + _field_bytes(3, b"brain.Event:2"))
 
     def _write_event(self, event: bytes) -> None:
         header = struct.pack("<Q", len(event))
-        self._file.write(header + struct.pack("<I", masked_crc32c(header)) + event
-                         + struct.pack("<I", masked_crc32c(event)))
+        record = (header + struct.pack("<I", masked_crc32c(header)) + event + struct.pack("<I", masked_crc32c(event)))
+        if self._file is not None:
+            self._file.write(record)
+            self._file.flush()
+        else:
+            self._buffer += record
 
     def _write_value(self, step: int, value: bytes) -> None:
         summary = _field_bytes(1, value)
@@ -134,10 +153,16 @@ class EventWriter:
         self._write_value(step, _field_bytes(1, tag.encode()) + _field_bytes(4, proto))
 
     def flush(self) -> None:
-        self._file.flush()
+        """Uploads the buffered events (object stores; local events are already on disk)."""
+        if self._buffer:
+            self.path.with_name(f"{self.path.name}.{self._parts:06d}").write_bytes(bytes(self._buffer))
+            self._parts += 1
+            self._buffer.clear()
 
     def close(self) -> None:
-        self._file.close()
+        self.flush()
+        if self._file is not None:
+            self._file.close()
 
 
 def to_uint8(image: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
@@ -150,31 +175,49 @@ class MetricsLog:
     """``metrics.jsonl`` in the workdir: one JSON object per logged step.
 
     On resume from step s, entries after s (written after the restored checkpoint) are dropped so the
-    file always describes one consistent run.
+    file always describes one consistent run. Local files get every line appended at once; on object stores
+    (see appends_in_place) lines are kept in memory and the file is rewritten at every ``flush()`` (the
+    trainer flushes at each checkpoint save, so what a resume keeps is always there).
     """
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, enabled: bool = True):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, enabled: bool = True,
+                 append: bool | None = None):
+        self.path = epath.Path(path)
         self.enabled = enabled
+        self._append = appends_in_place(path) if append is None else append
+        self._lines: list[str] = []   # object stores: the whole file, rewritten at flush()
+        self._unflushed = False
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            kept = [json.dumps(e) for e in read_metrics(self.path) if e.get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [json.dumps(e) + "\n" for e in read_metrics(self.path) if e.get("step", 0) <= resume_step]
+            self.path.write_text("".join(kept))
+            self._lines = [] if self._append else kept
         elif resume_step is None and self.path.exists():
             self.path.unlink()
 
     def write(self, step: int, **values: float) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
+        line = json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n"
+        if self._append:
+            with open(self.path, "a") as f:
+                f.write(line)
+        else:
+            self._lines.append(line)
+            self._unflushed = True
+
+    def flush(self) -> None:
+        """Uploads the lines written since the last flush (object stores; local lines are already there)."""
+        if self.enabled and self._unflushed:
+            self.path.write_text("".join(self._lines))
+            self._unflushed = False
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """All entries of a metrics.jsonl file, in order. A last line cut short by a crash is left out; a
     damaged line elsewhere is an error naming the file and the line."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line for line in epath.Path(path).read_text().splitlines() if line.strip()]
     entries = []
     for number, line in enumerate(lines, 1):
         try:

@@ -14,13 +14,13 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from emdiffuse_jax import checkpointing, evaluation, models, parallel, summary
 from emdiffuse_jax.data import intensity as intensity_lib
@@ -183,7 +183,9 @@ def build_programs(unet: Any, optim: tuple, train_schedule: tuple, vem: bool, em
                               residual=residual)
     from_params = jax.jit(lambda p: create_train_state(p, tx), out_shardings=shardings)
     return Programs(tx=tx, abstract=abstract, shardings=shardings,
-                    init=lambda key: from_params(models.init_params(unet, key)),   # init_params: not in a jit
+                    # init_params: not in a jit; computed on every host alike, each placing its own shards
+                    init=lambda key: from_params(parallel.host_to_global(models.init_params(unet, key),
+                                                                         shardings.params)),
                     from_params=from_params,
                     train_step=parallel.jit_train_step(step_fn, mesh, shardings))
 
@@ -196,24 +198,72 @@ def programs_for(config: ml_collections.ConfigDict, mesh: Any) -> Programs:
                           config.objective, config.parametrization == "residual")
 
 
+def padded_rows(rows: int, mesh: Any) -> int:
+    """The validation batch padded to a multiple of the mesh's devices (so that it splits over them)."""
+    ndev = mesh.devices.size
+    return -(-rows // ndev) * ndev
+
+
 @functools.lru_cache(maxsize=4)
 def build_validation(unet: Any, test_schedule: tuple, vem: bool, num_samples: int, compute_dtype: str,
-                     objective: str = "diffusion", residual: bool = False) -> Any:
-    """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs)."""
+                     mesh: Any, rows: int, objective: str = "diffusion", residual: bool = False) -> Any:
+    """Jitted ``validate(ema_params, batch, key) -> (metrics, mean, std)`` (cached like build_programs).
+
+    The batch holds ``padded_rows(rows, mesh)`` rows split over the mesh like a training batch; each device
+    samples only its own rows (shard_map: the parameters are gathered once, no device repeats another's
+    work). Row r is sampled with the key fold_in(key, r), so results do not depend on the mesh or the
+    number of processes. Rows past ``rows`` repeat the last one and are left out of the metrics and the
+    outputs (replicated: small, and read on process 0 for TensorBoard).
+    """
     dtype = jnp.dtype(compute_dtype)
     if objective == "regression":
-        return jax.jit(evaluation.make_regression_validation_fn(
-            lambda p: models.make_denoise_fn(unet, p, dtype), vem=vem))
-    return jax.jit(evaluation.make_validation_fn(
-        lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)), vem=vem,
-        num_samples=num_samples, residual=residual))
+        sample = evaluation.make_regression_validation_fn(lambda p: models.make_denoise_fn(unet, p, dtype), vem=vem)
+    else:
+        sample = evaluation.make_validation_fn(
+            lambda p: models.make_denoise_fn(unet, p, dtype), schedules.make_schedule(**dict(test_schedule)),
+            vem=vem, num_samples=num_samples, residual=residual)
+    per_device = padded_rows(rows, mesh) // mesh.devices.size
+
+    def device_rows(params, batch, key):
+        first = jax.lax.axis_index(parallel.DATA_AXES) * per_device
+        keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(first + jnp.arange(per_device))
+
+        def one_row(row, row_key):
+            _, mean, std = sample(params, jax.tree.map(lambda x: x[None], row), row_key)
+            return mean[0], std[0]
+
+        return jax.vmap(one_row)(batch, keys)
+
+    rows_spec = P(parallel.DATA_AXES)
+    sharded = jax.shard_map(device_rows, mesh=mesh, in_specs=(P(), rows_spec, P()), out_specs=(rows_spec, rows_spec))
+
+    def validate(params, batch, key):
+        mean, std = sharded(params, batch, key)
+        mean, std = mean[:rows], std[:rows]
+        return evaluation.image_metrics(mean, batch["target"][:rows]), mean, std
+
+    out = parallel.replicated(mesh)
+    return jax.jit(validate, out_shardings=(out, out, out))
+
+
+def _validation_batch(val_source: Any, config: ml_collections.ConfigDict, mesh: Any):
+    """(host batch, global padded batch): the same few patches on every process (rows padded with the last
+    one up to a multiple of the devices), each process placing only its devices' rows."""
+    rows = int(config.data.val_batch_size)
+    host = val_source.batch(config.seed, 0, 0, 1, rows)
+    pad = padded_rows(rows, mesh) - rows
+    padded = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in host.items()}
+    sharding = parallel.batch_sharding(mesh)
+    return host, parallel.host_to_global(padded, {k: sharding for k in padded})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) ``config`` in ``workdir`` up to config.num_steps; returns the final state."""
     check_config(config)
-    workdir = io.check_output_folder(workdir)
-    if config.init_from and not Path(config.init_from).exists():
+    local = summary.appends_in_place(workdir)   # else an object store (gs://...): nothing to check locally
+    workdir = checkpointing.storage_path(io.check_output_folder(workdir) if local else workdir)
+    parallel.check_processes_agree({"config": checkpointing.jsonable(config.to_dict()), "workdir": str(workdir)})
+    if config.init_from and not checkpointing.storage_path(config.init_from).exists():
         raise FileNotFoundError(f"config.init_from {config.init_from} does not exist; pass a trained workdir, a "
                                 "checkpoint step folder or a reference .pth")
     # The data (with the intensity contract a resumed run's checkpoints store) is opened before the workdir
@@ -228,16 +278,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
 
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, dcn_data=config.mesh.dcn_data)
     log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size, jax.process_count())
-    parallel.local_batch_size(config.batch_size, mesh)   # divisibility check with a clear message
+    batch_sharding = parallel.batch_sharding(mesh)
+    row_blocks = parallel.process_row_blocks(batch_sharding, config.batch_size)   # clear divisibility error
     unet = models.unet_config(config.model.to_dict())
     identity = checkpointing.model_identity(config.task, unet)
     vem = config.task in VEM_TASKS
     programs = programs_for(config, mesh)
     abstract, shardings = programs.abstract, programs.shardings
-    root_key = jax.random.key(config.seed)
-    init_key, train_key, eval_key = (jax.random.fold_in(root_key, i) for i in range(3))
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)   # host key: init runs on the host
+    _, train_key, eval_key = parallel.global_keys(config.seed, 3, mesh)
 
     ckpt = checkpointing.Checkpointer(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
@@ -263,8 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     elif config.init_from:
         loaded = checkpointing.load_model(config.init_from, task=config.task, unet=unet)
         _check_params_fit(loaded.params, abstract.params, config.init_from)
-        params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), loaded.params, shardings.params)
-        state = programs.from_params(params)
+        state = programs.from_params(parallel.host_to_global(loaded.params, shardings.params))
         log.info("fresh run initialised from %s (EMA weights of the source model)", config.init_from)
     else:
         state = programs.init(init_key)
@@ -279,26 +329,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return state
 
     train_step, validate = programs.train_step, None
-    batch_sharding = parallel.batch_sharding(mesh)
-    base_key = jax.device_put(train_key, parallel.replicated(mesh))
     if config.eval.every_steps:
         test_schedule = {**config.diffusion.test_schedule.to_dict(), "n_timestep": config.eval.sample_steps}
         validate = build_validation(unet, _frozen(test_schedule), vem, int(config.eval.num_samples),
-                                    config.compute_dtype, config.objective,
+                                    config.compute_dtype, mesh, int(config.data.val_batch_size), config.objective,
                                     config.parametrization == "residual")
-        val_batch = parallel.replicated_batch(
-            val_source.batch(config.seed, 0, 0, 1, config.data.val_batch_size), mesh)
+        val_host, val_batch = _validation_batch(val_source, config, mesh)
+        validate = parallel.compiled_on_every_process(validate, state.ema_params, val_batch, eval_key)
 
     metrics_log = summary.MetricsLog(workdir / "metrics.jsonl", resume_step=step if latest is not None else None,
                                      enabled=is_main)
     writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
     t_last, step_last, t_first = time.time(), step, None
     with _PreemptionFlag() as preempt:
-        batches = _batches(train_source, config, step)
+        batches = _batches(train_source, config, step, row_blocks)
         try:
             for data_step, local in batches:
                 assert data_step == step
-                state, metrics = train_step(state, parallel.global_batch(local, batch_sharding), base_key)
+                batch = parallel.global_batch(local, batch_sharding)
+                if t_first is None:
+                    train_step = parallel.compiled_on_every_process(train_step, state, batch, train_key)
+                state, metrics = train_step(state, batch, train_key)
                 step += 1
                 if t_first is None:
                     jax.block_until_ready(metrics)
@@ -333,13 +384,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                         writer.scalar("train/loss", loss, step)
                         writer.scalar("train/grad_norm", float(metrics["grad_norm"]), step)
                         writer.scalar("train/steps_per_sec", rate, step)
-                        writer.flush()
                 val_metrics = None
                 if do_eval:
-                    val_metrics = _run_validation(validate, state, val_batch, eval_key, step, config, writer)
+                    val_metrics = _run_validation(validate, state, val_host, val_batch, eval_key, step, config,
+                                                  writer)
                     metrics_log.write(step, **{f"val_{k}": v for k, v in val_metrics.items()})
                 if do_save:
                     ckpt.save(step, state, {**meta, "step": step}, metrics=val_metrics, force=True)
+                    _flush_logs(metrics_log, writer)
                 if preempted:
                     log.info("preemption signal: saved step %d, exiting", step)
                     break
@@ -348,29 +400,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         finally:
             batches.close()
             ckpt.close()
+            metrics_log.flush()
             if writer is not None:
                 writer.close()
     return state
+
+
+def _flush_logs(metrics_log: summary.MetricsLog, writer: summary.EventWriter | None) -> None:
+    """Makes the logs durable at a checkpoint (a no-op for local files, which are written line by line;
+    one upload each on object stores)."""
+    metrics_log.flush()
+    if writer is not None:
+        writer.flush()
 
 
 def _describe(params: Any) -> str:
     return f"{params.mode} [{params.lo:g}, {params.hi:g}] -> [-1, 1] ({params.dtype})"
 
 
-def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int):
-    """This process's rows of the global batches from start_step on, prepared ahead in a thread."""
+def _batches(source: Any, config: ml_collections.ConfigDict, start_step: int, blocks: list[tuple[int, int]]):
+    """This process's rows (``blocks``, from parallel.process_row_blocks) of the global batches from
+    start_step on, prepared ahead in a thread per block. A block [a, b) is share a / (b - a) of
+    batch_size / (b - a) equal shares in the data source's terms."""
     from emdiffuse_jax.data.pipeline import iterate_batches
 
-    return iterate_batches(source, config.seed, start_step, process_index=jax.process_index(),
-                           process_count=jax.process_count(), global_batch=config.batch_size, prefetch=2)
+    gb = config.batch_size
+    streams = [iterate_batches(source, config.seed, start_step, process_index=a // (b - a),
+                               process_count=gb // (b - a), global_batch=gb, prefetch=2) for a, b in blocks]
+    try:
+        for parts in zip(*streams):
+            step = parts[0][0]
+            yield step, (parts[0][1] if len(parts) == 1 else
+                         {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]})
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def _weights(state: TrainState, which: str) -> Any:
     return state.ema_params if which == "ema" else state.params
 
 
-def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.Array, step: int,
-                    config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
+def _run_validation(validate, state: TrainState, val_host: dict, val_batch: dict, eval_key: jax.Array,
+                    step: int, config: ml_collections.ConfigDict, writer: summary.EventWriter | None) -> dict:
     """Scores config.eval.weights (these metrics rank the best checkpoint); with eval.compare_weights also
     the other weights, on the same batch and key, returned as <other>_<metric>."""
     t0 = time.time()
@@ -387,10 +459,8 @@ def _run_validation(validate, state: TrainState, val_batch: dict, eval_key: jax.
     if writer is not None:
         for name, value in metrics.items():
             writer.scalar(f"val/{name}", value, step)
-        host = {k: np.asarray(jax.device_get(v)) for k, v in
-                {"cond": val_batch["cond"], "target": val_batch["target"], "mean": mean, "std": std}.items()}
+        host = {**val_host, "mean": np.asarray(mean), "std": np.asarray(std)}
         for i in range(min(config.eval.num_images, host["cond"].shape[0])):
             panel = evaluation.summary_panel(host["cond"][i], host["mean"][i], host["std"][i], host["target"][i])
             writer.image(f"val/{i}/condition_mean_std_target", summary.to_uint8(panel, 0.0, 1.0), step)
-        writer.flush()
     return metrics

@@ -67,7 +67,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
         compare_weights=False,    # also score the other weights and log them as val_<other>_<metric>
     ))
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 16))
+    # data x fsdp devices (-1 = the rest); dcn_data > 1 splits data over slices / hosts (parallel.make_mesh)
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 16, dcn_data=1))
     c.distributed = "auto"        # jax.distributed.initialize: auto | always | never
     c.init_from = ""              # transfer learning: a trained workdir / checkpoint step dir / reference .pth
     return c

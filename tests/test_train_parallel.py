@@ -37,8 +37,9 @@ def test_process_local_rows_become_one_global_batch_split_over_all_devices():
     batch = parallel.global_batch(local, parallel.batch_sharding(mesh))
     np.testing.assert_array_equal(np.asarray(batch["cond"]), local["cond"])
     assert {shard.data.shape for shard in batch["cond"].addressable_shards} == {(2, 3)}
+    assert parallel.process_row_blocks(parallel.batch_sharding(mesh), 16) == [(0, 16)]   # one process
     with pytest.raises(ValueError, match="divisible"):
-        parallel.local_batch_size(12, mesh)
+        parallel.process_row_blocks(parallel.batch_sharding(mesh), 12)
 
 
 def _run_steps(mesh, initial_state, batches):

@@ -91,6 +91,36 @@ def test_metrics_log_drops_entries_after_the_resumed_step(tmp_path):
     assert not path.exists()
 
 
+def test_object_store_logs_are_uploaded_at_flush_not_per_line(tmp_path):
+    """On gs:// and other stores without appends: nothing per line; one rewrite / one new event file per
+    flush (the trainer flushes at every checkpoint); a resume keeps the lines up to its step."""
+    assert summary.appends_in_place(tmp_path) and not summary.appends_in_place("gs://bucket/run")
+    path = tmp_path / "metrics.jsonl"
+    log = summary.MetricsLog(path, append=False)
+    log.write(1, loss=0.1)
+    log.write(2, loss=0.2)
+    assert not path.exists()
+    log.flush()
+    log.write(3, loss=0.3)
+    assert [e["step"] for e in summary.read_metrics(path)] == [1, 2]
+    log.flush()
+    resumed = summary.MetricsLog(path, resume_step=2, append=False)
+    resumed.write(3, loss=0.5)
+    resumed.flush()
+    assert [(e["step"], e["loss"]) for e in summary.read_metrics(path)] == [(1, 0.1), (2, 0.2), (3, 0.5)]
+
+    writer = summary.EventWriter(tmp_path / "tb", append=False)
+    writer.scalar("train/loss", 0.25, step=7)
+    assert not list((tmp_path / "tb").iterdir())
+    writer.flush()
+    writer.scalar("train/loss", 0.5, step=8)
+    writer.close()
+    parts = sorted((tmp_path / "tb").iterdir())
+    assert [p.name[-6:] for p in parts] == ["000000", "000001"]
+    steps = [_fields(r).get(2) for p in parts for r in _records(p)]
+    assert steps == [None, [7], [8]]   # the file-version event, then one scalar per part
+
+
 def test_a_last_line_torn_by_a_crash_is_dropped_and_a_damaged_one_named(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 0.1}\n{"step": 2, "loss": 0.2}\n{"step": 3, "lo')

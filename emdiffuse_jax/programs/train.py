@@ -5,8 +5,10 @@
 
 --config: a config file, or a shipped one by name: emdiffuse_n, emdiffuse_r, vemdiffuse_i, vemdiffuse_a
 (':tiny' trains on a CPU in minutes). Overrides: --config.batch_size=32 --config.optim.learning_rate=1e-4
-(unknown keys are an error). Re-running with the same --workdir resumes from its newest checkpoint. On a TPU
-pod run the same command on every worker with a shared workdir (see launch/tpu_pod.sh).
+(unknown keys are an error). Re-running with the same --workdir resumes from its newest checkpoint.
+Multi-process runs (TPU pods, GPU clusters) run the same command in every process with one shared workdir;
+see launch/tpu_pod.sh and the multi-host section of docs/training.md (--coordinator_address,
+--num_processes, --process_id).
 """
 
 import sys
@@ -21,6 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "vemdiffuse_a), optionally with ':tiny'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and TensorBoard events.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = cli.DistributedFlags()
 
 
 def main(argv):
@@ -32,9 +35,8 @@ def main(argv):
         config = _CONFIG.value
         config.get("task")   # ml_collections loads the file lazily: a missing or broken one fails here
     ours = cli.configure_logging()
-    from emdiffuse_jax import parallel
-
-    parallel.maybe_initialize_distributed(config.distributed)   # before any other JAX call
+    _DISTRIBUTED.initialize(config.distributed)   # before any other JAX call
+    _DISTRIBUTED.quiet_other_processes(ours)
     import jax
 
     from emdiffuse_jax.train import train_and_evaluate
