@@ -47,6 +47,9 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Samples K per image of th
 _SAMPLERS = flags.DEFINE_list(
     "samplers", ["dpm:10", "dpm:20"], "Our sampler:steps settings at the published 1000-step DDPM's quality "
     "(docs/prediction.md, held-out FIB-SEM: DPM-Solver++ 10 steps +0.20 dB PSNR, 20 steps +0.13 dB).")
+_PAUSE = flags.DEFINE_float(
+    "pause", 1.0, "Seconds of idle before each timed call, so that the other library's worker threads have "
+    "stopped spinning (XLA's and PyTorch's thread pools busy-wait for a while after their work).")
 _JSON = flags.DEFINE_string("json", "compare.json", "Where to write all figures as JSON ('' = nowhere).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: IMPL:SECTION, run it once and print peak RSS.")
 
@@ -287,6 +290,7 @@ def _run_alternating(runs: dict, repeats: int) -> dict:
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            time.sleep(_PAUSE.value)
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)

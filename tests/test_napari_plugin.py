@@ -1,7 +1,7 @@
 """The napari plugin, headless: the npe2 manifest validates and points to importable functions; the reader
 opens outputs with their physical scale; the widget's function restores a layer into mean, std and
-reliability layers scaled like the input. (napari itself is not installed by the test extra: these test the
-manifest and the functions napari calls.)"""
+reliability layers scaled like the input. These need no napari (the functions napari calls);
+tests/test_napari_viewer.py runs them inside a real offscreen viewer."""
 
 import importlib
 import pathlib

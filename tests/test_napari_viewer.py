@@ -1,7 +1,7 @@
 """The napari plugin inside a real (offscreen) napari viewer: the widget napari builds from the manifest
 adds mean, std and reliability layers with the input's scale, and File > Open of an output folder uses our
-reader. Opt-in, like the torch cross-check: pip install -e ".[test,napari]" && python -m pytest -m napari
-(Qt runs with QT_QPA_PLATFORM=offscreen; no display needed)."""
+reader. In the default run (the test extra installs napari with PyQt5); Qt runs with
+QT_QPA_PLATFORM=offscreen, so no display is needed."""
 
 import os
 

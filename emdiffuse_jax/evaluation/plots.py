@@ -69,14 +69,15 @@ def write_plots(report: dict, output: str | pathlib.Path) -> list[pathlib.Path]:
 
     with_blocks = [n for n in names if "blocks" in curves[n]]
     if with_blocks:
-        fig, axes = plt.subplots(1, len(with_blocks), figsize=(5 * len(with_blocks), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(with_blocks), figsize=(5.5 * len(with_blocks), 4), squeeze=False)
         rows = {r["name"]: r for r in report["rows"]}
         for ax, n in zip(axes[0], with_blocks):
             scores, errors = curves[n]["blocks"]
             se = rows[n]["score_error"]
             ax.scatter(scores, errors, s=8, alpha=0.6)
             ax.set(xlabel="block score (mean std)", ylabel="block MAE ([0, 1] units)",
-                   title=f"{n}: Spearman {se['spearman']:.2f}, AUC {se['auc_worst']:.2f}")
+                   title=f"{n}\nSpearman {se['spearman']:.2f}, AUC {se['auc_worst']:.2f}")
+            ax.title.set_fontsize(9)
         _save(fig, output / "score_vs_error.png")
         plt.close(fig)
         written.append(output / "score_vs_error.png")
