@@ -144,6 +144,13 @@ def enable_compilation_cache() -> str | None:
     return folder
 
 
+def _log_unraisable(unraisable) -> None:
+    """Errors Python cannot raise (in abandoned coroutines, e.g. Orbax's background reads of a damaged
+    checkpoint after the program has already reported it in one line) go to the debug log, not to stderr
+    as a traceback after the program's own error line."""
+    logging.debug("ignored in %r: %r", unraisable.object, unraisable.exc_value)
+
+
 def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | None = None) -> None:
     """Runs the absl program `main`: ``--help`` shows `doc` and the program's own flags (those defined in
     emdiffuse_jax, e.g. the shared sampling flags, not only the script's); a bad flag, a mistyped config
@@ -170,6 +177,7 @@ def run(main: Callable[[list[str]], object], doc: str, argv: Sequence[str] | Non
     def guarded_main(args):
         configure_logging()
         enable_compilation_cache()
+        sys.unraisablehook = _log_unraisable
         try:
             return main(args)
         except app.UsageError as err:
