@@ -51,6 +51,9 @@ _PAUSE = flags.DEFINE_float(
     "pause", 1.0, "Seconds of idle before each timed call, so that the other library's worker threads have "
     "stopped spinning (XLA's and PyTorch's thread pools busy-wait for a while after their work).")
 _JSON = flags.DEFINE_string("json", "compare.json", "Where to write all figures as JSON ('' = nowhere).")
+_COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", ["float32", "bfloat16"], "Our compute dtype (parameters stay float32; the "
+    "published code always runs float32). bfloat16 pays off only where the CPU has AVX512-BF16/AMX.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: IMPL:SECTION, run it once and print peak RSS.")
 
 OURS, PUBLISHED = "emdiffuse-jax", "published PyTorch"
@@ -102,7 +105,9 @@ def _model_config():
     """The EMDiffuse-n network/optimizer/EMA settings of the shipped config, shared by both sides."""
     from emdiffuse_jax.configs import emdiffuse_n
 
-    return emdiffuse_n.get_config(None)
+    config = emdiffuse_n.get_config(None)
+    config.compute_dtype = _COMPUTE_DTYPE.value
+    return config
 
 
 class Ours:
@@ -129,7 +134,7 @@ class Ours:
         t0 = time.perf_counter()
         params = jax.block_until_ready(models.init_params(self.unet, jax.random.key(0)))
         self.setup["forward init s"] = time.perf_counter() - t0
-        apply = models.make_apply_fn(self.unet)
+        apply = models.make_apply_fn(self.unet, dtype=jnp.dtype(self.config.compute_dtype))
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, self.unet.in_channel)), jnp.float32)
         gamma = jnp.full((batch,), 0.5, jnp.float32)
@@ -300,7 +305,8 @@ def _run_alternating(runs: dict, repeats: int) -> dict:
 def _worker_peak_gib(impl: str, section: str) -> float:
     """Peak RSS of one implementation doing one section (setup + 2 calls) in a fresh process."""
     args = [sys.executable, os.path.abspath(__file__), f"--worker={impl}:{section}", f"--size={_SIZE.value}",
-            f"--forward_batch={_FORWARD_BATCH.value}", f"--train_batch={_TRAIN_BATCH.value}"]
+            f"--forward_batch={_FORWARD_BATCH.value}", f"--train_batch={_TRAIN_BATCH.value}",
+            f"--compute_dtype={_COMPUTE_DTYPE.value}"]
     if _REFERENCE.value:
         args.append(f"--reference={_REFERENCE.value}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -378,7 +384,8 @@ def _time_to_result(forward_per_tile: dict) -> dict:
 def _print_table(result: dict) -> None:
     names = result["implementations"]
     both = len(names) == 2
-    print(f"\nEMDiffuse-n full network ({result['num_params']:,} parameters), float32, {result['size']} x "
+    print(f"\nEMDiffuse-n full network ({result['num_params']:,} parameters), ours {result['compute_dtype']}, published float32, "
+          f"{result['size']} x "
           f"{result['size']}, random weights and data")
     print(f"CPU: {result['cpu']} ({result['cores']} cores; {', '.join(result['cpu_flags']) or 'no AVX flags'}); "
           f"jax {result['versions']['jax']}, torch {result['versions'].get('torch', '-')}"
@@ -446,6 +453,7 @@ def main(argv):
     result = {"cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(),
               "versions": {"jax": jax.__version__, "python": platform.python_version()},
               "implementations": names, "num_params": impls[0].num_params, "size": _SIZE.value,
+              "compute_dtype": _COMPUTE_DTYPE.value,
               "load_start": load_start, "sections": {}, "image": _IMAGE.value, "num_samples": _NUM_SAMPLES.value,
               "forward_batch": _FORWARD_BATCH.value}
     if _REFERENCE.value:

@@ -16,6 +16,8 @@ _STEPS = flags.DEFINE_integer("steps", 600, "Training steps of the tiny model.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Samples K per image (K >= 2 gives the uncertainty).")
 _SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddpm", "ddim", "dpm"], "Reverse-diffusion sampler.")
 _SAMPLER_STEPS = flags.DEFINE_integer("sampler_steps", 20, "Network evaluations per sample.")
+_SEED = flags.DEFINE_integer("seed", 2, "Training seed of the tiny model (initial parameters and batches); "
+                             "its result varies with it, see emdiffuse_jax.demo.DEFAULT_SEED.")
 
 
 def main(argv):
@@ -26,7 +28,7 @@ def main(argv):
 
     with clean_exit():  # bad settings or disk: one line naming the file and the fix, no traceback
         run_demo(_WORKDIR.value, steps=_STEPS.value, num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value,
-                 sampler_steps=_SAMPLER_STEPS.value)
+                 sampler_steps=_SAMPLER_STEPS.value, seed=_SEED.value)
 
 
 def run(argv=None):
