@@ -294,3 +294,41 @@ def jit_train_step(step_fn: Any, mesh: Mesh, state_shardings: Any) -> Any:
     """jit of ``step_fn(state, batch, key)`` with the state donated and the batch split over the mesh."""
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
+
+
+# --- multi-process prediction: work split over processes, barriers ----------------------------------------
+
+def process_share(num_items: int, process_index: int, process_count: int) -> range:
+    """Items [start, stop) of ``num_items`` that process ``process_index`` of ``process_count`` computes:
+    contiguous blocks, as equal as possible, the first ``num_items % process_count`` processes one more.
+    Pure: every process computes every share the same way, and together they cover each item once."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process {process_index} of {process_count}: need 0 <= index < count")
+    base, extra = divmod(num_items, process_count)
+    start = process_index * base + min(process_index, extra)
+    return range(start, start + base + (process_index < extra))
+
+
+_barriers: dict[str, int] = {}
+
+
+def wait_for_all_processes(name: str, timeout_s: float = 7 * 24 * 3600) -> None:
+    """Returns once every process has called it with ``name`` (a no-op in a single process).
+
+    Uses the coordination service's barrier (no device collective, so processes may arrive hours apart,
+    as when one process's share of a volume takes longer); falls back to ``sync_global_devices``."""
+    if jax.process_count() == 1:
+        return
+    count = _barriers[name] = _barriers.get(name, 0) + 1   # each call a fresh barrier id
+    try:
+        from jax._src import distributed
+
+        client = distributed.global_state.client
+    except (ImportError, AttributeError):
+        client = None
+    if client is not None:
+        client.wait_at_barrier(f"emdiffuse_jax:{name}:{count}", timeout_in_ms=int(timeout_s * 1000))
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"emdiffuse_jax:{name}:{count}")

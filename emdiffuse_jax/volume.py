@@ -24,6 +24,14 @@ finalising (the report is then already in progress.json) only completes the move
 settings, input (file sizes and times, or the content of any slice) or checkpoint step differ is refused
 with what differs. Every slab's keys derive from (seed, slab), so a resumed volume is identical to an
 uninterrupted one. The output folder may hold nothing but these names.
+
+Several processes (jax.distributed, e.g. launch/isotropic.py with --num_processes): the slabs are split
+into contiguous blocks, one per process (`parallel.process_share`); each process computes its block with
+its local devices and writes its slices into the shared .partial (one file per slice, or disjoint one-slice
+chunks of the OME-Zarr image), recording its finished slabs in .partial/done-<process>.json (resumed
+per process, with any process count). After a barrier process 0 assembles the final volumes and the
+report; the others return once their share is written. The output folder must be on a file system every
+process sees. Keys derive from (seed, slab) only, so the volume equals a single-process run.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from emdiffuse_jax import inference, run_state, uncertainty
+from emdiffuse_jax import inference, parallel, run_state, uncertainty
 from emdiffuse_jax.data import intensity as intensity_lib
 from emdiffuse_jax.data import io, ome_zarr
 
@@ -117,7 +125,8 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
                 harmonize: bool = False, fmt: str = "tiff", normalization: str = "auto",
                 threshold: float = uncertainty.DEFAULT_THRESHOLD, dataset: str | None = None,
                 intensity: intensity_lib.Intensity | None = None, settings: dict | None = None,
-                voxel_size=None, log: Callable[[str], None] = print) -> dict:
+                voxel_size=None, log: Callable[[str], None] = print, process_index: int | None = None,
+                process_count: int | None = None) -> dict:
     """Reconstructs the isotropic volume of `input_path` into the folder `output`; returns the report.
 
     settings: extra JSON-able run settings (checkpoint, its step, sampler...) stored with the progress.
@@ -131,6 +140,8 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     from the voxel size's z / xy ratio is warned about (the output will not be isotropic).
     """
     fmt = "ome-zarr" if fmt == "zarr" else fmt
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
     if fmt not in FORMATS:
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
     if z_factor < 2:
@@ -182,27 +193,49 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
         if diff:
             raise io.DataError(f"{partial} holds an unfinished run with other settings ({diff}); rerun with the "
                                f"same settings, input and checkpoint to resume, or delete {partial} to start over")
-        log(f"resuming: {len(progress['done'])} of {n - 1} slabs already done")
     elif any((output / name).exists() for name in names):
         raise io.DataError(f"{output} already holds a volume ({' or '.join(names)}) but no report or progress of "
                            "this run; choose a new output folder")
     else:
-        partial.mkdir(parents=True, exist_ok=True)
         progress = {"settings": run_settings, "done": {}}
+    parallel.wait_for_all_processes("volume: checked")   # every process checked before anything is written
+    if index == 0 and not progress_path.exists():
+        partial.mkdir(parents=True, exist_ok=True)
         run_state.write_json(progress_path, progress)
+    if index == 0 and count > 1 and "report" not in progress:   # one process creates the shared stores
+        for name, dtype in (("mean", volume.dtype), ("std", np.float32)):
+            _SliceStore(partial, name, fmt, (depth, height, width), dtype, out_voxel)
+    parallel.wait_for_all_processes("volume: opened")
+    if count > 1:   # slabs other processes finished (any earlier process count)
+        progress["done"].update(_done_by_processes(partial))
+    if progress["done"]:
+        log(f"resuming: {len(progress['done'])} of {n - 1} slabs already done")
     suggested = suggest_z_factor(in_voxel)
     if suggested is not None and abs(z_factor - suggested) > 0.25 * suggested:
         log(f"warning: the voxel size {_describe(in_voxel)} suggests --z_factor={suggested} (z / x-y spacing) for "
             f"an isotropic output; with {z_factor} the output z spacing is {out_voxel[0]:.3g} nm")
     shape = (depth, height, width)
     if "report" not in progress:   # not yet finalising
-        report = _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt,
-                                    mapping, out_voxel, num_samples=num_samples, seed=seed, tile=tile,
-                                    overlap=overlap, harmonize=harmonize, log=log)
+        share = parallel.process_share(n - 1, index, count)
+        if count > 1:
+            log(f"process {index} of {count}: slabs {share.start}..{share.stop - 1} of {n - 1}")
+        start = time.perf_counter()
+        _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt,
+                           mapping, out_voxel, num_samples=num_samples, seed=seed, tile=tile,
+                           overlap=overlap, harmonize=harmonize, log=log, slabs=share, last=index == 0,
+                           done_file=partial / (PROGRESS if count == 1 else f"done-{index}.json"))
+        if count > 1:
+            parallel.wait_for_all_processes("volume: slabs written")
+            progress["done"].update(_done_by_processes(partial))
+        report = _report_body(progress, volume.shape, z_factor, out_voxel, time.perf_counter() - start)
+        if index > 0:   # process 0 assembles the volumes and writes the report
+            return {"settings": run_settings, **report, "threshold": threshold}
         scores = report["slab_scores"]
         progress["report"] = {"settings": run_settings, **report, "threshold": threshold,
                               "unreliable_slabs": [i for i, s in enumerate(scores) if s is not None and s > threshold]}
         run_state.write_json(progress_path, progress)   # from here on a rerun only completes the moves below
+    elif index > 0:
+        return progress["report"]
     for name, final, dtype in zip(("mean", "std"), names, (volume.dtype, np.float32)):
         if not (output / final).exists():   # else moved before a kill
             store = _SliceStore(partial, name, fmt, shape, dtype, out_voxel)
@@ -212,10 +245,35 @@ def reconstruct(restorer: inference.Restorer, input_path: str | os.PathLike, out
     return progress["report"]
 
 
+def _done_by_processes(partial: pathlib.Path) -> dict:
+    """Finished slabs recorded by every process of a multi-process run (its .partial/done-*.json)."""
+    done: dict = {}
+    for path in sorted(partial.glob("done-*.json")):
+        done.update(run_state.read_json(path, "progress file", f"delete {partial} to start over")["done"])
+    return done
+
+
+def _report_body(progress: dict, shape, z_factor: int, out_voxel, seconds: float) -> dict:
+    n, height, width = shape
+    depth = isotropic_depth(n, z_factor)
+    missing = [i for i in range(n - 1) if str(i) not in progress["done"]]
+    if missing:
+        raise RuntimeError(f"slabs {missing[:5]} were computed by no process")
+    in_voxel = progress["settings"]["voxel_size_nm"]
+    return {"input_shape": [n, height, width], "output_shape": [depth, height, width],
+            "voxel_size_nm": {"input": list(in_voxel), "output": list(out_voxel), "axes": "zyx"},
+            "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
+            "slab_scores": [progress["done"][str(i)]["score"] for i in range(n - 1)],
+            "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
+            "seconds_this_run": seconds}
+
+
 def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress, z_factor, fmt, mapping, out_voxel,
-                       *, num_samples, seed, tile, overlap, harmonize, log) -> dict:
-    """Computes every slab not yet listed in progress['done'] into partial/ (the volumes complete); returns
-    the report body. Every slice read must still have the digest of the first pass (`digests`)."""
+                       *, num_samples, seed, tile, overlap, harmonize, log, slabs: range, last: bool,
+                       done_file: pathlib.Path) -> None:
+    """Computes the slabs of `slabs` not yet listed in progress['done'] into partial/, recording each in
+    `done_file`, and (`last`) the volume's last slice. Every slice read must still have the digest of the
+    first pass (`digests`)."""
     n, height, width = volume.shape
     depth = isotropic_depth(n, z_factor)
     mean_store = _SliceStore(partial, "mean", fmt, (depth, height, width), volume.dtype, out_voxel)
@@ -231,8 +289,8 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
     base_key = jax.random.key(seed)
     zero = np.zeros((height, width), np.float32)
     start, done_now = time.perf_counter(), 0
-    todo = sum(str(i) not in progress["done"] for i in range(n - 1))
-    for i in range(n - 1):
+    todo = sum(str(i) not in progress["done"] for i in slabs)
+    for i in slabs:
         if str(i) in progress["done"]:
             continue
         t0 = time.perf_counter()
@@ -249,21 +307,15 @@ def _reconstruct_slabs(restorer, volume, digests, input_path, partial, progress,
         std_store.write(i * z_factor, zero)
         score = uncertainty.image_score(std_unit) if num_samples > 1 else None
         progress["done"][str(i)] = {"score": score, "seconds": time.perf_counter() - t0}
-        run_state.write_json(partial / PROGRESS, progress)
+        run_state.write_json(done_file, progress if done_file.name == PROGRESS else {"done": progress["done"]})
         done_now += 1
         log(f"slab {i + 1}/{n - 1}: " + inference.progress_line(done_now, todo, time.perf_counter() - start, restorer,
                                                               pred.num_tiles, num_samples * (z_factor - 1))
             + f", this slab {time.perf_counter() - t0:.1f} s"
             + (f", uncertainty {score:.4f}" if score is not None else ""))
-    mean_store.write(depth - 1, read(n - 1))
-    std_store.write(depth - 1, zero)
-    in_voxel = progress["settings"]["voxel_size_nm"]
-    return {"input_shape": [n, height, width], "output_shape": [depth, height, width],
-            "voxel_size_nm": {"input": list(in_voxel), "output": list(out_voxel), "axes": "zyx"},
-            "score_definition": "mean per-voxel std of the K samples over a slab's generated slices, [0,1] units",
-            "slab_scores": [progress["done"][str(i)]["score"] for i in range(n - 1)],
-            "slab_seconds": [progress["done"][str(i)]["seconds"] for i in range(n - 1)],
-            "seconds_this_run": time.perf_counter() - start}
+    if last:
+        mean_store.write(depth - 1, read(n - 1))
+        std_store.write(depth - 1, zero)
 
 
 def _describe(voxel) -> str:

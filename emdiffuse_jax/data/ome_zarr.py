@@ -54,7 +54,7 @@ class OmeZarrVolume:
             self._group = zarr.open_group(store=str(self.path), mode="w", zarr_format=2)
             self._level0 = self._group.create_array("0", shape=self.shape, dtype=self.dtype,
                                                     chunks=_chunks(self.shape), fill_value=0)
-        self._write_metadata(1)
+            self._write_metadata(1)   # (only when created: other processes may be opening it; finish rewrites it)
 
     def write(self, z: int, plane: np.ndarray) -> None:
         self._level0[z] = np.asarray(plane).astype(self.dtype, copy=False)

@@ -7,6 +7,8 @@ N input slices give (N - 1) * Z + 1 output slices (originals interleaved with ge
 uncertainty (std) volume: mean.tif and std.tif, multi-page ImageJ TIFFs with the voxel size (the input's,
 z divided by Z), or OME-Zarr with --format=ome-zarr. Rerunning the same command after an interruption resumes without recomputing
 finished slabs; the final volumes appear only when complete. See docs/prediction.md.
+Across hosts: start the same command in every process with --num_processes, --process_id and
+--coordinator_address (or on a TPU pod / SLURM, where JAX finds them): each computes its block of slabs.
 (From a checkout: python launch/isotropic.py with the same flags.)
 """
 
@@ -30,6 +32,9 @@ _FORMAT = flags.DEFINE_enum("format", "tiff", ["tiff", "tiff-slices", "ome-zarr"
                             "tiff-slices = folders of one TIFF per slice; ome-zarr (or zarr) = OME-Zarr (NGFF "
                             "0.4) with a multiscale pyramid.")
 _WEIGHTS = cli.define_weights_flag()
+_DISTRIBUTED = cli.DistributedFlags()
+_DISTRIBUTED_MODE = flags.DEFINE_enum("distributed", "auto", ["auto", "always", "never"],
+                                      "jax.distributed: auto = when a launcher announced several processes.")
 _DATASET = flags.DEFINE_string("dataset", None, "Array inside a Zarr group / N5 container.")
 flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 
@@ -37,6 +42,13 @@ flags.mark_flags_as_required(["checkpoint", "input", "z_factor", "output"])
 def main(argv):
     _SAMPLING.check(argv)
     voxel_size = _SAMPLING.voxel_size_nm((3,))
+    if _DISTRIBUTED.initialize(_DISTRIBUTED_MODE.value):   # before any other JAX call
+        import jax
+
+        index = jax.process_index()
+        log = print if index == 0 else (lambda msg: print(msg) if msg.startswith(("process ", "warning")) else None)
+    else:
+        log = print
     from emdiffuse_jax import checkpointing, restore, run_state, volume
     from emdiffuse_jax.data import intensity, io
     from emdiffuse_jax.user_errors import clean_exit
@@ -69,7 +81,7 @@ def main(argv):
                            harmonize=_SAMPLING.harmonize.value, fmt=_FORMAT.value,
                            normalization=_SAMPLING.normalization.value, threshold=_SAMPLING.threshold.value,
                            dataset=_DATASET.value, voxel_size=voxel_size,
-                           intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value),
+                           intensity=intensity.from_meta(loaded.meta, _CHECKPOINT.value), log=log,
                            settings={"checkpoint": str(checkpoint.resolve()),
                                      "checkpoint_step": loaded.meta.get("step"),
                                      "checkpoint_identity": io.file_identity(checkpoint)
