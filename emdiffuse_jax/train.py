@@ -341,6 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      enabled=is_main)
     writer = summary.EventWriter(workdir / "tensorboard") if is_main else None
     t_last, step_last, t_first = time.time(), step, None
+    queued = None   # the previous step's metrics: at most two steps are dispatched and not yet computed
     with _PreemptionFlag() as preempt:
         batches = _batches(train_source, config, step, row_blocks)
         try:
@@ -356,6 +357,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     t_first = time.time() - t_last
                     log.info("first step (with compilation) took %.1f s", t_first)
                     t_last, step_last = time.time(), step
+                if queued is not None:   # without this bound the loop dispatches up to log_every steps ahead,
+                    jax.block_until_ready(queued)   # and a SIGTERM waits for all of them before the save
+                queued = metrics
                 preempted = preempt.raised or ckpt.reached_preemption(step)
                 do_eval = validate is not None and (step % config.eval.every_steps == 0
                                                      or step == config.num_steps)
